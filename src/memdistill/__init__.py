@@ -1,0 +1,3 @@
+"""memdistill: distill image datasets into compact, addressable memories."""
+
+__version__ = "0.1.0"
