@@ -1,0 +1,278 @@
+"""Retrain-and-test: the evaluation protocol of the field.
+
+Train ``runs`` freshly initialised networks on a given set of images (hard or soft
+labels), test each on the real test split, report mean and std of accuracy, per-class
+accuracy and wall time. Defaults are the reference protocol of METHOD.md: SGD lr 0.01,
+momentum 0.9, batch 640, 300 epochs, no schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..augment import create_augmentation
+from ..data import ImageDataset
+from ..errors import ConfigError
+from ..models import create_model
+
+__all__ = [
+    "TrainConfig",
+    "EvaluationResult",
+    "TrainingSet",
+    "train_network",
+    "test_network",
+    "evaluate",
+    "run_seeds",
+]
+
+
+@dataclass
+class TrainConfig:
+    """How each evaluation network is built and trained (reference defaults)."""
+
+    arch: str = "convnet"
+    arch_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 300
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 640
+    augment: str = "none"
+    test_batch_size: int = 2000
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "test_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class EvaluationResult:
+    """Outcome of :func:`evaluate`.
+
+    ``accuracies`` holds one test accuracy in ``[0, 1]`` per run; ``per_class`` is
+    ``runs x num_classes``; times are seconds.
+    """
+
+    accuracies: list[float]
+    per_class: list[list[float]]
+    train_seconds: list[float]
+    wall_seconds: float
+    num_train_examples: int
+    num_test_examples: int
+    config: dict[str, Any]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accuracies))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.accuracies))
+
+    @property
+    def per_class_mean(self) -> list[float]:
+        return [float(v) for v in np.mean(np.asarray(self.per_class), axis=0)]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(mean=self.mean, std=self.std, per_class_mean=self.per_class_mean)
+        return d
+
+
+class TrainingSet:
+    """Training examples for the evaluator: either a real :class:`ImageDataset`
+    (uint8, normalised per batch) or float tensors already in normalised space
+    (e.g. recalled from a memory) with hard ``(N,)`` or soft ``(N, L)`` labels."""
+
+    def __init__(
+        self,
+        images: torch.Tensor | ImageDataset,
+        labels: torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        if isinstance(images, ImageDataset):
+            if labels is not None:
+                raise ConfigError("pass labels only with image tensors, not with a dataset")
+            self._dataset: ImageDataset | None = dataclasses.replace(
+                images, images=images.images.to(self.device), labels=images.labels.to(self.device)
+            )
+            self.labels = self._dataset.labels
+            self.images = None
+        else:
+            if labels is None:
+                raise ConfigError("image tensors need labels: (N,) class indices or (N, L) soft labels")
+            if images.ndim != 4 or not images.is_floating_point():
+                raise ConfigError(
+                    f"images must be a float tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+                )
+            if labels.shape[0] != images.shape[0] or labels.ndim not in (1, 2):
+                raise ConfigError(
+                    f"labels must be (N,) or (N, L) with N = {images.shape[0]}, got {tuple(labels.shape)}"
+                )
+            if not torch.isfinite(images).all() or (labels.is_floating_point() and not torch.isfinite(labels).all()):
+                raise ConfigError("training images or labels contain NaN or Inf")
+            self._dataset = None
+            self.images = images.detach().to(self.device)
+            self.labels = labels.detach().to(self.device)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def soft(self) -> bool:
+        return self.labels.ndim == 2
+
+    def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._dataset is not None:
+            return self._dataset.batch(idx)
+        return self.images[idx], self.labels[idx]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        src = self._dataset.images if self._dataset is not None else self.images
+        return tuple(int(s) for s in src.shape[1:])  # type: ignore[return-value]
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if target.ndim == 2:  # soft labels
+        return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    return F.cross_entropy(logits, target)
+
+
+def train_network(
+    data: TrainingSet,
+    num_classes: int,
+    config: TrainConfig,
+    generator: torch.Generator,
+    progress: Callable[[int], None] | None = None,
+) -> torch.nn.Module:
+    """Train one freshly initialised network on ``data``; returns it in eval mode.
+
+    All randomness (initial weights, batch order, augmentation) comes from
+    ``generator``, so the same generator state gives the same network on CPU.
+    ``progress`` is called with the number of finished optimiser steps.
+    """
+    c, h, w = data.image_shape
+    model = create_model(
+        config.arch, c, num_classes, (h, w), generator=generator, device=data.device, **config.arch_options
+    )
+    aug = create_augmentation(config.augment)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    n = len(data)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    model.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(n, generator=generator).to(data.device)
+        for s in range(steps_per_epoch):
+            idx = order[s * config.batch_size : (s + 1) * config.batch_size]
+            x, y = data.get(idx)
+            x = aug.apply(x, aug.sample(x.shape, generator))
+            loss = _loss(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if progress is not None:
+            progress(steps_per_epoch)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def test_network(
+    model: torch.nn.Module, test: ImageDataset, batch_size: int = 2000, device: torch.device | str = "cpu"
+) -> tuple[float, list[float]]:
+    """Accuracy of ``model`` on ``test`` and accuracy per class (NaN for empty classes)."""
+    correct = torch.zeros(test.num_classes, dtype=torch.long)
+    total = test.class_counts()
+    for start in range(0, len(test), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(test)))
+        x, y = test.batch(idx, device=device)
+        pred = model(x).argmax(1)
+        correct += torch.bincount(y[pred == y].cpu(), minlength=test.num_classes)
+    acc = float(correct.sum()) / max(len(test), 1)
+    per_class = [float(c) / float(t) if t > 0 else float("nan") for c, t in zip(correct, total)]
+    return acc, per_class
+
+
+def run_seeds(seed: int, runs: int) -> list[int]:
+    """Independent, reproducible seeds for ``runs`` runs derived from one ``seed``."""
+    ss = np.random.SeedSequence(int(seed))
+    return [int(s.generate_state(1, dtype=np.uint64)[0] % (2**63)) for s in ss.spawn(runs)]
+
+
+def evaluate(
+    train: TrainingSet | ImageDataset,
+    test: ImageDataset,
+    config: TrainConfig | None = None,
+    runs: int = 5,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> EvaluationResult:
+    """Train ``runs`` fresh networks on ``train`` and test each on ``test``.
+
+    Args:
+        train: a real dataset (or subset) or a :class:`TrainingSet` of recalled images.
+        test: the real split to test on (``test``, or ``val`` while choosing settings).
+        config: network and training protocol; reference defaults when ``None``.
+        runs: number of independently initialised networks.
+        seed: the one seed every run's generator is derived from.
+        progress: show a progress bar (steps over all runs, with ETA).
+    """
+    config = config or TrainConfig()
+    if runs < 1:
+        raise ConfigError(f"runs must be >= 1, got {runs}")
+    data = train if isinstance(train, TrainingSet) else TrainingSet(train, device=device)
+    if data.image_shape != test.image_shape:
+        raise ConfigError(
+            f"training images have shape {data.image_shape} but the test split {test.name!r} "
+            f"has {test.image_shape}; evaluate against the dataset the images came from"
+        )
+    if data.soft and data.labels.shape[1] != test.num_classes:
+        raise ConfigError(
+            f"soft labels have {data.labels.shape[1]} columns but {test.name!r} has {test.num_classes} classes"
+        )
+    steps = math.ceil(len(data) / config.batch_size) * config.epochs
+    bar = tqdm(total=steps * runs, desc="evaluate", unit="step", disable=not progress, leave=False)
+    accs, per_class, times = [], [], []
+    start = time.perf_counter()
+    try:
+        for r, s in enumerate(run_seeds(seed, runs)):
+            g = torch.Generator().manual_seed(s)
+            t0 = time.perf_counter()
+            model = train_network(data, test.num_classes, config, g, progress=bar.update)
+            times.append(time.perf_counter() - t0)
+            acc, pc = test_network(model, test, config.test_batch_size, device=data.device)
+            accs.append(acc)
+            per_class.append(pc)
+            bar.set_postfix(run=f"{r + 1}/{runs}", acc=f"{acc:.4f}")
+    finally:
+        bar.close()
+    return EvaluationResult(
+        accuracies=accs,
+        per_class=per_class,
+        train_seconds=times,
+        wall_seconds=time.perf_counter() - start,
+        num_train_examples=len(data),
+        num_test_examples=len(test),
+        config={**dataclasses.asdict(config), "runs": runs, "seed": seed},
+    )

@@ -1,0 +1,151 @@
+"""The retrain-and-test evaluator and the reference selections, on real MNIST."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from memdistill.errors import ConfigError
+from memdistill.evaluate import (
+    TrainConfig,
+    TrainingSet,
+    evaluate,
+    herding_order,
+    run_seeds,
+    select_subset,
+    train_network,
+)
+
+SMALL = TrainConfig(arch="convnet", arch_options={"width": 16}, epochs=15, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def small_test(mnist_test):
+    return mnist_test.subset(torch.arange(2000))
+
+
+def test_select_random_gives_k_per_class_and_depends_on_seed(mnist_train):
+    a = select_subset(mnist_train, 10, "random", seed=1)
+    b = select_subset(mnist_train, 10, "random", seed=1)
+    c = select_subset(mnist_train, 10, "random", seed=2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.bincount(mnist_train.labels[a], minlength=10), torch.full((10,), 10))
+    assert len(set(a.tolist())) == 100
+
+
+def test_select_all_and_bad_ipc(mnist_train):
+    assert len(select_subset(mnist_train, None, "all")) == len(mnist_train)
+    with pytest.raises(ConfigError, match="ipc"):
+        select_subset(mnist_train, 0, "random")
+    with pytest.raises(ConfigError, match="choose ipc <="):
+        select_subset(mnist_train, 100000, "herding")
+    with pytest.raises(ConfigError, match="valid choices: all, herding, random"):
+        select_subset(mnist_train, 1, "kmeans")
+
+
+def _herding_brute_force(features: torch.Tensor, k: int) -> list[int]:
+    mu = features.mean(0)
+    chosen: list[int] = []
+    for _ in range(k):
+        best, best_d = -1, math.inf
+        for i in range(features.shape[0]):
+            if i in chosen:
+                continue
+            d = float((features[chosen + [i]].mean(0) - mu).norm())
+            if d < best_d:
+                best, best_d = i, d
+        chosen.append(best)
+    return chosen
+
+
+def test_herding_matches_brute_force_definition():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(40, 7, generator=g, dtype=torch.float64)
+    assert herding_order(feats, 8).tolist() == _herding_brute_force(feats, 8)
+
+
+def test_herding_mean_closer_than_random(mnist_train):
+    idx_h = select_subset(mnist_train, 5, "herding")
+    idx_r = select_subset(mnist_train, 5, "random", seed=0)
+    c0 = mnist_train.indices_of_class(0)
+    mu = mnist_train.batch(c0)[0].flatten(1).mean(0)
+
+    def gap(idx):
+        sel = idx[mnist_train.labels[idx] == 0]
+        return float((mnist_train.batch(sel)[0].flatten(1).mean(0) - mu).norm())
+
+    assert gap(idx_h) < gap(idx_r)
+
+
+def test_evaluate_is_deterministic_under_a_seed(mnist_train, small_test):
+    subset = mnist_train.subset(select_subset(mnist_train, 5, "random", seed=0))
+    r1 = evaluate(subset, small_test, SMALL, runs=2, seed=3)
+    r2 = evaluate(subset, small_test, SMALL, runs=2, seed=3)
+    r3 = evaluate(subset, small_test, SMALL, runs=2, seed=4)
+    assert r1.accuracies == r2.accuracies
+    assert r1.per_class == r2.per_class
+    assert r1.accuracies != r3.accuracies
+    assert r1.accuracies[0] != r1.accuracies[1]  # runs are independently initialised
+
+
+def test_evaluate_does_not_touch_global_rng(mnist_train, small_test):
+    subset = mnist_train.subset(select_subset(mnist_train, 2, "random", seed=0))
+    before = torch.get_rng_state()
+    evaluate(subset, small_test, TrainConfig(arch_options={"width": 8}, epochs=2), runs=1)
+    assert torch.equal(before, torch.get_rng_state())
+
+
+def test_sanity_floor_random_ten_per_class(mnist_train, mnist_test):
+    """10 random real MNIST images per class with a small ConvNet: far above chance."""
+    subset = mnist_train.subset(select_subset(mnist_train, 10, "random", seed=0))
+    cfg = TrainConfig(arch_options={"width": 32}, epochs=150)
+    res = evaluate(subset, mnist_test, cfg, runs=1, seed=0)
+    assert res.mean > 0.6, res.accuracies
+    assert len(res.per_class[0]) == 10 and min(res.per_class[0]) >= 0.0
+    assert res.num_test_examples == 10000 and res.num_train_examples == 100
+    assert res.wall_seconds > 0 and len(res.train_seconds) == 1
+
+
+def test_one_hot_soft_labels_train_like_hard_labels(mnist_train):
+    subset = mnist_train.subset(select_subset(mnist_train, 3, "random", seed=0))
+    x, y = subset.batch()
+    hard = TrainingSet(x, y)
+    soft = TrainingSet(x, torch.nn.functional.one_hot(y, 10).float())
+    cfg = TrainConfig(arch_options={"width": 8}, epochs=5, batch_size=16)
+    m1 = train_network(hard, 10, cfg, torch.Generator().manual_seed(0))
+    m2 = train_network(soft, 10, cfg, torch.Generator().manual_seed(0))
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=1e-4, atol=1e-5)
+
+
+def test_training_from_dataset_equals_training_from_normalised_tensors(mnist_train):
+    subset = mnist_train.subset(select_subset(mnist_train, 2, "random", seed=0))
+    cfg = TrainConfig(arch_options={"width": 8}, epochs=3, batch_size=8, augment="flip_rotate")
+    m1 = train_network(TrainingSet(subset), 10, cfg, torch.Generator().manual_seed(5))
+    m2 = train_network(TrainingSet(*subset.batch()), 10, cfg, torch.Generator().manual_seed(5))
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(p1, p2)
+
+
+def test_bad_training_input_is_refused(mnist_test):
+    x = torch.zeros(4, 1, 28, 28)
+    with pytest.raises(ConfigError, match="NaN"):
+        TrainingSet(torch.full_like(x, float("nan")), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ConfigError, match="labels must be"):
+        TrainingSet(x, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ConfigError, match="float tensor"):
+        TrainingSet(x.to(torch.uint8), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ConfigError, match="shape"):
+        evaluate(TrainingSet(torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)), mnist_test)
+    with pytest.raises(ConfigError, match="soft labels have 5 columns"):
+        evaluate(TrainingSet(x, torch.full((4, 5), 0.2)), mnist_test)
+    with pytest.raises(ConfigError, match="epochs"):
+        TrainConfig(epochs=0)
+
+
+def test_run_seeds_are_distinct_and_stable():
+    assert run_seeds(0, 5) == run_seeds(0, 5)
+    assert len(set(run_seeds(0, 5))) == 5
+    assert run_seeds(0, 3) != run_seeds(1, 3)
