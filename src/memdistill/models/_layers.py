@@ -82,7 +82,9 @@ def pool_layer(pooling: str, ceil_mode: bool = False) -> nn.Module:
         return nn.MaxPool2d(2, 2, ceil_mode=ceil_mode)
     if pooling == "none":
         return nn.Identity()
-    raise ConfigError(f"unknown pooling {pooling!r}; valid values: {', '.join(map(repr, POOLINGS))}")
+    raise ConfigError(
+        f"unknown pooling {pooling!r}; valid values: {', '.join(map(repr, POOLINGS))}"
+    )
 
 
 def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
@@ -99,3 +101,14 @@ def pool_out(size: int, ceil_mode: bool = False) -> int:
     if (out - 1) * 2 >= size:
         out -= 1
     return out
+
+
+def check_norm_size(norm: str, height: int, width: int) -> None:
+    """Refuse instance norm on 1x1 feature maps, which it would turn into constants."""
+    if norm == "instance" and height * width == 1:
+        raise ConfigError(
+            "norm='instance' normalises each channel over its H x W values, and this "
+            "image_size leaves a normalised layer with 1x1 feature maps, whose output would "
+            "be constant; use a larger image_size, a smaller depth or another norm "
+            "('batch', 'layer', 'group')"
+        )
