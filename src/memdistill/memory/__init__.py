@@ -1,0 +1,16 @@
+"""Memory types (a registry), the equal-storage budget, and recall."""
+
+from ._base import MEMORIES, Memory, MemoryReport, solve_slots, stored_float_budget
+from .types import BasesMemory, ImagesMemory, create_memory, list_memories
+
+__all__ = [
+    "MEMORIES",
+    "Memory",
+    "MemoryReport",
+    "BasesMemory",
+    "ImagesMemory",
+    "create_memory",
+    "list_memories",
+    "solve_slots",
+    "stored_float_budget",
+]

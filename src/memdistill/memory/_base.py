@@ -1,0 +1,173 @@
+"""What every memory type provides, the registry, and the equal-storage budget."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._registry import Registry
+from ..errors import ConfigError
+
+__all__ = ["MEMORIES", "MemoryReport", "Memory", "solve_slots", "stored_float_budget"]
+
+MEMORIES: Registry[type] = Registry("memory type")
+
+
+def stored_float_budget(ipc: float, image_shape: tuple[int, int, int], num_classes: int) -> int:
+    """Floats that ``ipc`` images per class occupy: ``IPC * C*H*W * classes``."""
+    c, h, w = image_shape
+    return int(math.floor(ipc * c * h * w * num_classes))
+
+
+def solve_slots(
+    ipc: float,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    num_bases: int,
+    downsample: int,
+    learned_labels: bool = False,
+) -> int:
+    """Largest ``r`` with ``K*C*h*w + r*(K*L [+ L*L]) <= IPC*C*H*W*L`` (METHOD.md).
+
+    ``h, w = H // ds, W // ds``; with learned labels each slot also stores one label
+    vector per class (``L*L`` floats). Raises :class:`ConfigError` when not even one
+    slot fits, stating the smallest budget that does.
+    """
+    c, h, w = image_shape
+    if downsample < 1 or h // downsample < 1 or w // downsample < 1:
+        raise ConfigError(f"downsample must be in [1, {min(h, w)}], got {downsample}")
+    if num_bases < 1:
+        raise ConfigError(f"the number of bases must be >= 1, got {num_bases}")
+    budget = stored_float_budget(ipc, image_shape, num_classes)
+    bases = num_bases * c * (h // downsample) * (w // downsample)
+    per_slot = num_bases * num_classes + (num_classes * num_classes if learned_labels else 0)
+    r = (budget - bases) // per_slot
+    if r < 1:
+        need = bases + per_slot
+        min_ipc = need / (c * h * w * num_classes)
+        raise ConfigError(
+            f"a budget of {ipc} images per class ({budget} floats) cannot hold {num_bases} bases at "
+            f"downsample {downsample} ({bases} floats) plus one addressing slot ({per_slot} floats); "
+            f"the minimum is {need} floats, i.e. --budget-ipc {min_ipc:.3g}, or use fewer bases / "
+            f"a larger downsample"
+        )
+    return int(r)
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Storage figures of a memory."""
+
+    floats_stored: int
+    bytes_on_disk: int
+    examples: int
+    compression_ratio: float  # uint8 bytes of the full training set / bytes of the memory
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "floats_stored": self.floats_stored,
+            "bytes_on_disk": self.bytes_on_disk,
+            "examples": self.examples,
+            "compression_ratio": self.compression_ratio,
+        }
+
+
+class Memory:
+    """Base class: a memory is a dict of named tensors plus a pure recall function.
+
+    Subclasses set ``kind`` and implement :meth:`recall_from` (pure in ``tensors``),
+    :meth:`query_from` and :meth:`options`.
+
+    Attributes:
+        tensors: the learned tensors, by name.
+        image_shape: ``(C, H, W)`` of recalled images (normalised space).
+        num_classes: ``L``, the size of the label space.
+        slots: ``r``, examples recalled per class.
+    """
+
+    kind: str = ""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], image_shape, num_classes: int, slots: int):
+        self.tensors = dict(tensors)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.num_classes = int(num_classes)
+        self.slots = int(slots)
+
+    # ---- to be provided by each type
+    def options(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def recall_from(
+        self, tensors: dict[str, torch.Tensor], classes: torch.Tensor, slots: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
+        """Examples of ``(class, slot)`` pairs: ``(N, C, H, W)`` images and targets
+        (``(N,)`` class indices, or ``(N, L)`` learned soft labels)."""
+        raise NotImplementedError
+
+    def query_from(self, tensors: dict[str, torch.Tensor], q: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """Recalled images for queries ``q`` ``(Q, L)``: ``(Q, r, C, H, W)``."""
+        raise NotImplementedError
+
+    # ---- shared
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted(self.tensors))
+
+    def parameters(self) -> tuple[torch.Tensor, ...]:
+        return tuple(self.tensors[n] for n in self.names)
+
+    def as_dict(self, values) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, values))
+
+    @property
+    def learned_labels(self) -> bool:
+        return "labels" in self.tensors
+
+    def floats_stored(self) -> int:
+        return int(sum(t.numel() for t in self.tensors.values()))
+
+    def report(self, train_size: int | None = None) -> MemoryReport:
+        floats = self.floats_stored()
+        nbytes = floats * 4
+        c, h, w = self.image_shape
+        dataset_bytes = (train_size or 0) * c * h * w
+        return MemoryReport(
+            floats_stored=floats,
+            bytes_on_disk=nbytes,
+            examples=self.slots * self.num_classes,
+            compression_ratio=(dataset_bytes / nbytes) if train_size else float("nan"),
+        )
+
+    def recall(
+        self, classes: list[int] | torch.Tensor | None = None, query: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Recall examples (detached).
+
+        ``recall()``: every slot of every class, ``(L*r, C, H, W)`` and targets.
+        ``recall(classes=[3, 5])``: those classes only.
+        ``recall(query=q)``: ``q`` of shape ``(L,)`` or ``(Q, L)``; returns
+        ``(Q*r, C, H, W)`` images and the query repeated per slot as ``(Q*r, L)`` targets.
+        """
+        with torch.no_grad():
+            if query is not None:
+                q = torch.as_tensor(query, dtype=self.parameters()[0].dtype)
+                if q.ndim == 1:
+                    q = q.unsqueeze(0)
+                if q.ndim != 2 or q.shape[1] != self.num_classes:
+                    raise ConfigError(
+                        f"a query must have shape ({self.num_classes},) or (Q, {self.num_classes}) "
+                        f"(one weight per class of the label space); got {tuple(q.shape)}"
+                    )
+                if not torch.isfinite(q).all():
+                    raise ConfigError("the query contains NaN or Inf")
+                x = self.query_from(self.tensors, q)
+                return x.flatten(0, 1), q.repeat_interleave(self.slots, dim=0)
+            cls = torch.arange(self.num_classes) if classes is None else torch.as_tensor(classes, dtype=torch.long)
+            if cls.numel() and (int(cls.min()) < 0 or int(cls.max()) >= self.num_classes):
+                raise ConfigError(f"classes must be in [0, {self.num_classes - 1}], got {cls.tolist()}")
+            c = cls.repeat_interleave(self.slots)
+            s = torch.arange(self.slots).repeat(len(cls))
+            return self.recall_from(self.tensors, c, s)

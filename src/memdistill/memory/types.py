@@ -1,0 +1,184 @@
+"""The memory types: per-class ``images`` (the BPTT baseline) and shared ``bases``
+with learned ``addressing`` (the paper's method)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ._base import MEMORIES, Memory, solve_slots, stored_float_budget
+
+__all__ = ["ImagesMemory", "BasesMemory", "create_memory", "list_memories"]
+
+
+def list_memories() -> list[str]:
+    return MEMORIES.names()
+
+
+def _real_per_class(real, per_class: int, generator: torch.Generator) -> torch.Tensor:
+    """``(L, per_class, C, H, W)`` normalised real images, sampled with replacement only
+    when a class has fewer images than asked for."""
+    out = []
+    for c in range(real.num_classes):
+        idx = real.indices_of_class(c)
+        if len(idx) == 0:
+            raise ConfigError(f"class {real.classes[c]!r} has no real images to initialise from")
+        if len(idx) >= per_class:
+            pick = idx[torch.randperm(len(idx), generator=generator)[:per_class]]
+        else:
+            pick = idx[torch.randint(len(idx), (per_class,), generator=generator)]
+        out.append(real.batch(pick)[0])
+    return torch.stack(out)
+
+
+def _one_hot_labels(num_classes: int, slots: int, slot_first: bool) -> torch.Tensor:
+    eye = torch.eye(num_classes)
+    return eye.unsqueeze(0).repeat(slots, 1, 1) if slot_first else eye.unsqueeze(1).repeat(1, slots, 1)
+
+
+@MEMORIES.register("images")
+class ImagesMemory(Memory):
+    """``r`` learnable images per class, nothing shared.
+
+    Tensors: ``images`` ``(L, r, C, H, W)``; with learned labels ``labels`` ``(L, r, L)``.
+    A query ``q`` recalls ``sum_c q_c images[c]`` (linear in ``q``, like the bases type).
+    """
+
+    kind = "images"
+
+    def options(self) -> dict[str, Any]:
+        return {"learned_labels": self.learned_labels}
+
+    @classmethod
+    def create(cls, image_shape, num_classes, budget_ipc, *, generator, real=None, init="real",
+               learned_labels=False) -> "ImagesMemory":
+        c, h, w = image_shape
+        budget = stored_float_budget(budget_ipc, image_shape, num_classes)
+        per_class = c * h * w + (num_classes if learned_labels else 0)
+        r = budget // (num_classes * per_class)
+        if r < 1:
+            need = num_classes * per_class
+            raise ConfigError(
+                f"a budget of {budget_ipc} images per class ({budget} floats) cannot hold one image per "
+                f"class{' with learned labels' if learned_labels else ''}; the minimum is {need} floats "
+                f"(--budget-ipc {need / (c * h * w * num_classes):.3g})"
+            )
+        if init == "real":
+            if real is None:
+                raise ConfigError("init='real' needs the real training data")
+            images = _real_per_class(real, r, generator)
+        elif init == "random":
+            images = torch.randn((num_classes, r, c, h, w), generator=generator)
+        else:
+            raise ConfigError(f"unknown init {init!r}; valid: real, random")
+        tensors = {"images": images}
+        if learned_labels:
+            tensors["labels"] = _one_hot_labels(num_classes, r, slot_first=False)
+        return cls(tensors, image_shape, num_classes, r)
+
+    def recall_from(self, tensors, classes, slots):
+        x = tensors["images"][classes, slots]
+        y = tensors["labels"][classes, slots] if "labels" in tensors else classes
+        return x, y
+
+    def query_from(self, tensors, q):
+        return torch.einsum("ql,lrchw->qrchw", q, tensors["images"])
+
+
+@MEMORIES.register("bases")
+class BasesMemory(Memory):
+    """``K`` shared bases at ``H/ds x W/ds`` and ``r`` addressing matrices ``L x K``.
+
+    Tensors: ``bases`` ``(K, C, h, w)``, ``addressing`` ``(r, L, K)``; with learned
+    labels ``labels`` ``(r, L, L)``. The ``i``-th example for query ``q`` is
+    ``up(q^T A_i B)`` (bilinear upsampling to ``H x W``).
+    """
+
+    kind = "bases"
+
+    def options(self) -> dict[str, Any]:
+        return {"learned_labels": self.learned_labels, "num_bases": int(self.tensors["bases"].shape[0]),
+                "downsample": self.downsample}
+
+    @property
+    def downsample(self) -> int:
+        return int(round(self.image_shape[1] / self.tensors["bases"].shape[2]))
+
+    @classmethod
+    def create(cls, image_shape, num_classes, budget_ipc, *, generator, real=None, init="real",
+               learned_labels=False, num_bases=16, downsample=2) -> "BasesMemory":
+        c, h, w = image_shape
+        r = solve_slots(budget_ipc, image_shape, num_classes, num_bases, downsample, learned_labels)
+        hl, wl = h // downsample, w // downsample
+        if init == "random":
+            bases = torch.randn((num_bases, c, hl, wl), generator=generator)
+            bound = math.sqrt(6.0 / (num_bases + num_classes))  # Xavier uniform
+            addressing = (torch.rand((r, num_classes, num_bases), generator=generator) * 2 - 1) * bound
+        elif init == "real":
+            if real is None:
+                raise ConfigError("init='real' needs the real training data")
+            bases, addressing = _pca_init(real, r, num_bases, (hl, wl), generator)
+        else:
+            raise ConfigError(f"unknown init {init!r}; valid: real, random")
+        tensors = {"bases": bases.float(), "addressing": addressing.float()}
+        if learned_labels:
+            tensors["labels"] = _one_hot_labels(num_classes, r, slot_first=True)
+        return cls(tensors, image_shape, num_classes, r)
+
+    def _up(self, low: torch.Tensor) -> torch.Tensor:
+        if tuple(low.shape[-2:]) == tuple(self.image_shape[1:]):
+            return low
+        return F.interpolate(low, size=self.image_shape[1:], mode="bilinear", align_corners=False)
+
+    def recall_from(self, tensors, classes, slots):
+        bases = tensors["bases"]
+        coeff = tensors["addressing"][slots, classes]  # (N, K)
+        low = (coeff @ bases.flatten(1)).view(-1, *bases.shape[1:])
+        y = tensors["labels"][slots, classes] if "labels" in tensors else classes
+        return self._up(low), y
+
+    def query_from(self, tensors, q):
+        bases = tensors["bases"]
+        coeff = torch.einsum("ql,rlk->qrk", q, tensors["addressing"])
+        low = (coeff.flatten(0, 1) @ bases.flatten(1)).view(-1, *bases.shape[1:])
+        return self._up(low).view(q.shape[0], -1, *self.image_shape)
+
+
+def _pca_init(real, slots: int, num_bases: int, low_size, generator):
+    """Bases: top principal directions (uncentred) of real images at low resolution;
+    addressing: least-squares coefficients of ``slots`` real images per class."""
+    sample = _real_per_class(real, min(200, max(slots, 50)), generator).flatten(0, 1)
+    low = F.interpolate(sample.double(), size=low_size, mode="area").flatten(1)
+    _, _, vh = torch.linalg.svd(low, full_matrices=False)
+    k = min(num_bases, vh.shape[0])
+    bases = torch.zeros(num_bases, low.shape[1], dtype=torch.float64)
+    bases[:k] = vh[:k] * math.sqrt(low.shape[1])  # unit-variance pixels
+    bases = bases.view(num_bases, sample.shape[1], *low_size)
+    up = F.interpolate(bases, size=sample.shape[2:], mode="bilinear", align_corners=False).flatten(1)
+    targets = _real_per_class(real, slots, generator)  # (L, r, C, H, W)
+    L = targets.shape[0]
+    flat = targets.double().flatten(2).transpose(0, 1).reshape(slots * L, -1)  # slot-major
+    coeff = torch.linalg.lstsq(up.T, flat.T).solution.T  # (r*L, K)
+    return bases, coeff.view(slots, L, num_bases)
+
+
+def create_memory(kind: str, image_shape, num_classes: int, budget_ipc: float, *,
+                  generator: torch.Generator, real=None, init: str = "real", **options) -> Memory:
+    """Build a memory of ``kind`` that fits ``budget_ipc`` images per class of floats.
+
+    Args:
+        kind: a name from the memory registry (``bases``, ``images``).
+        image_shape: ``(C, H, W)`` of the dataset.
+        real: the real training split (needed for ``init="real"``).
+        options: type-specific (``num_bases``, ``downsample``, ``learned_labels``).
+    """
+    cls = MEMORIES.get(kind)
+    try:
+        return cls.create(tuple(image_shape), num_classes, budget_ipc, generator=generator, real=real,
+                          init=init, **options)
+    except TypeError as exc:
+        raise ConfigError(f"memory type {kind!r}: {exc}") from None
