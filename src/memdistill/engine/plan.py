@@ -19,24 +19,19 @@ def draw_plans(
     generator: torch.Generator,
     image_shape: tuple[int, int, int],
     augmentation: Any = None,
-    classes_per_step: int | None = None,
+    classes: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """One plan per inner step: which classes, which slots of each, augmentation params.
 
     Each step draws ``n_per_class`` distinct slots (all of them when the memory holds
-    fewer) for every class, or for a random subset of ``classes_per_step`` classes.
+    fewer) for every class, or for the given subset ``classes`` only.
     """
     if n_per_class < 1:
         raise ConfigError(f"n_per_class must be >= 1, got {n_per_class}")
-    if classes_per_step is not None and not 1 <= classes_per_step <= num_classes:
-        raise ConfigError(f"classes_per_step must be in [1, {num_classes}], got {classes_per_step}")
     n = min(n_per_class, slots)
+    cls = torch.arange(num_classes) if classes is None else torch.as_tensor(classes, dtype=torch.long)
     plans = []
     for _ in range(steps):
-        if classes_per_step is None or classes_per_step == num_classes:
-            cls = torch.arange(num_classes)
-        else:
-            cls = torch.randperm(num_classes, generator=generator)[:classes_per_step].sort().values
         slot_ids = torch.stack([torch.randperm(slots, generator=generator)[:n] for _ in range(len(cls))])
         plan = {"classes": cls.repeat_interleave(n), "slots": slot_ids.flatten()}
         if augmentation is not None:

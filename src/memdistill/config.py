@@ -1,0 +1,249 @@
+"""The configuration tree of a distillation run, presets, TOML files and overrides.
+
+Each component owns a small dataclass of options with defaults; :class:`DistillConfig`
+combines them. Overrides (from a TOML file or the command line) must name existing keys
+and are type-checked; the resolved configuration is written next to the run's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "MemoryConfig",
+    "InnerConfig",
+    "OuterConfig",
+    "EvalConfig",
+    "DistillConfig",
+    "PRESETS",
+    "preset_config",
+    "apply_overrides",
+    "load_toml",
+    "config_to_dict",
+]
+
+
+@dataclass
+class MemoryConfig:
+    kind: str = "bases"
+    budget_ipc: float = 1.0
+    num_bases: int = 16
+    downsample: int = 2
+    learned_labels: bool = False
+    init: str = "real"
+    coeff_penalty: str = "l2"  # none | l1 | l2, on the addressing coefficients
+    coeff_alpha: float = 1e-4
+
+
+@dataclass
+class InnerConfig:
+    arch: str = "convnet"
+    width: int = 128
+    depth: int = 0  # 0: the network's default
+    norm: str = "instance"
+    steps: int = 150
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    n_per_class: int = 32
+    classes_per_step: int = 0  # 0: all classes
+    augment: str = "flip_rotate"
+
+
+@dataclass
+class OuterConfig:
+    iterations: int = 500_000
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.5
+    clip: float = 2.0
+    schedule: str = "none"  # none | cosine
+    real_per_class: int = 64
+    unroll: str = "checkpointed"  # checkpointed | full
+    window: int = 0  # back-propagate through the last W steps (0: all)
+    random_truncation: bool = False  # unroll to N ~ U[W, T] (RaT-BPTT)
+    max_failures: int = 3  # consecutive NaN/Inf meta-gradients before a rollback
+
+
+@dataclass
+class EvalConfig:
+    every: int = 200  # outer iterations between evaluations (0: only at the end)
+    arch: str = "convnet"
+    width: int = 128
+    epochs: int = 300
+    runs: int = 1
+    lr: float = 0.01
+    batch_size: int = 640
+    augment: str = "flip_rotate"
+    val_fraction: float = 0.1  # evaluation during distillation uses a validation split
+
+
+@dataclass
+class DistillConfig:
+    dataset: str = "mnist"
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: int = 50
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    inner: InnerConfig = field(default_factory=InnerConfig)
+    outer: OuterConfig = field(default_factory=OuterConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "DistillConfig":
+        from .augment import AUGMENTATIONS
+        from .engine import INNER_OPTIMIZERS, UNROLL_MODES
+        from .memory import MEMORIES
+        from .models import MODELS
+
+        MEMORIES.get(self.memory.kind)
+        MODELS.get(self.inner.arch)
+        MODELS.get(self.evaluation.arch)
+        INNER_OPTIMIZERS.get(self.inner.optimizer)
+        AUGMENTATIONS.get(self.inner.augment)
+        AUGMENTATIONS.get(self.evaluation.augment)
+        checks = [
+            (self.memory.budget_ipc > 0, "memory.budget_ipc must be > 0"),
+            (self.memory.init in ("real", "random"), "memory.init must be real or random"),
+            (self.memory.coeff_penalty in ("none", "l1", "l2"), "memory.coeff_penalty must be none, l1 or l2"),
+            (self.inner.steps >= 1, "inner.steps must be >= 1"),
+            (self.inner.n_per_class >= 1, "inner.n_per_class must be >= 1"),
+            (self.outer.iterations >= 0, "outer.iterations must be >= 0"),
+            (self.outer.optimizer in ("sgd", "adam"), "outer.optimizer must be sgd or adam"),
+            (self.outer.schedule in ("none", "cosine"), "outer.schedule must be none or cosine"),
+            (self.outer.unroll in UNROLL_MODES, f"outer.unroll must be one of {', '.join(UNROLL_MODES)}"),
+            (0 <= self.outer.window <= self.inner.steps, f"outer.window must be in [0, inner.steps={self.inner.steps}]"),
+            (not self.outer.random_truncation or self.outer.window > 0, "outer.random_truncation needs outer.window > 0"),
+            (self.outer.real_per_class >= 1, "outer.real_per_class must be >= 1"),
+            (self.outer.clip >= 0, "outer.clip must be >= 0 (0 disables clipping)"),
+            (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+            (self.evaluation.every >= 0, "evaluation.every must be >= 0"),
+            (0 < self.evaluation.val_fraction < 1, "evaluation.val_fraction must be in (0, 1)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        return self
+
+
+def config_to_dict(cfg: DistillConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _set(obj: Any, dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    target = obj
+    for i, part in enumerate(parts):
+        valid = [f.name for f in dataclasses.fields(target)]
+        if part not in valid:
+            where = ".".join(parts[:i]) or "top level"
+            raise ConfigError(
+                f"{source}: unknown option {dotted!r} ({part!r} is not a key of {where}); "
+                f"valid keys there: {', '.join(valid)}"
+            )
+        if i == len(parts) - 1:
+            current = getattr(target, part)
+            setattr(target, part, _coerce(current, value, dotted, source))
+        else:
+            target = getattr(target, part)
+            if not dataclasses.is_dataclass(target):
+                raise ConfigError(f"{source}: {'.'.join(parts[:i + 1])!r} is a value, not a section")
+
+
+def _coerce(current: Any, value: Any, key: str, source: str) -> Any:
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(f"{source}: {key!r} is a section; set its keys, e.g. {key}.<name>")
+    kind = type(current)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{source}: {key!r} must be a {kind.__name__} (like {current!r}), got {value!r}")
+
+
+def apply_overrides(cfg: DistillConfig, overrides: dict[str, Any], source: str = "override") -> DistillConfig:
+    """Set dotted keys (``{"inner.steps": 20}``) or nested dicts on ``cfg`` in place."""
+    def walk(prefix: str, d: dict[str, Any]) -> None:
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(key + ".", v)
+            else:
+                _set(cfg, key, v, source)
+
+    walk("", overrides)
+    return cfg
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+
+
+# Presets: the settings of each named preset, per dataset family and budget. ``paper``
+# is METHOD.md's reference protocol (for a GPU); ``cpu`` aims at the best quality in
+# about 30 minutes on 2 cores; ``cpu-quick`` at a few minutes (README, CI).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "inner": {"width": 128, "steps": 150, "n_per_class": 32, "lr": 0.01, "momentum": 0.9},
+        "outer": {"iterations": 500_000, "lr": 0.1, "momentum": 0.5, "clip": 2.0, "real_per_class": 64},
+        "evaluation": {"every": 200, "width": 128, "epochs": 300, "runs": 1},
+        "checkpoint_every": 200,
+    },
+    "cpu": {
+        "inner": {"width": 32, "steps": 20, "n_per_class": 10, "augment": "none"},
+        "outer": {"iterations": 400, "optimizer": "adam", "lr": 0.01, "real_per_class": 32},
+        "evaluation": {"every": 100, "width": 32, "epochs": 200, "runs": 1, "augment": "none"},
+        "checkpoint_every": 25,
+    },
+    "cpu-quick": {
+        "inner": {"width": 32, "steps": 10, "n_per_class": 10, "augment": "none"},
+        "outer": {"iterations": 40, "optimizer": "adam", "lr": 0.01, "real_per_class": 20},
+        "evaluation": {"every": 0, "width": 32, "epochs": 100, "runs": 1, "augment": "none"},
+        "checkpoint_every": 10,
+    },
+}
+
+
+def preset_config(preset: str, dataset: str, budget_ipc: float = 1.0) -> DistillConfig:
+    """The configuration of a named preset for ``dataset`` at ``budget_ipc``."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    cfg = DistillConfig(dataset=dataset)
+    cfg.memory.budget_ipc = float(budget_ipc)
+    apply_overrides(cfg, PRESETS[preset], source=f"preset {preset!r}")
+    if budget_ipc >= 10 and preset != "paper":
+        # more recalled slots per class: draw more of them per inner step
+        apply_overrides(cfg, {"inner.n_per_class": 20}, source=f"preset {preset!r}")
+    return cfg

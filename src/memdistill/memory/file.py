@@ -1,0 +1,466 @@
+"""The memory file: one ``.safetensors`` file holding a learned memory and what is
+needed to use it (normalisation, ZCA, class names, budget figures, provenance).
+
+Layout (format ``memdistill-memory``, version 1):
+
+- tensors ``memory.<name>``: the memory's tensors, float32;
+- tensors ``zca.<name>``: :meth:`ZCAWhitening.state_dict` when the data was whitened;
+- metadata key ``memdistill``: one JSON document (kind, options, shapes, tensor
+  manifest, dataset, class names, mean/std, budget figures, config, metrics, date).
+
+Reading parses only the safetensors header (JSON) and raw tensor bytes: nothing in a
+file is ever executed or unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import struct
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_write_bytes
+from ..data.zca import ZCAWhitening
+from ..errors import ConfigError, IntegrityError, UnknownNameError
+from ._base import MEMORIES, Memory
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "MemoryFile", "load_memory", "save_memory"]
+
+FORMAT = "memdistill-memory"
+FORMAT_VERSION = 1
+_META_KEY = "memdistill"
+_MEMORY_PREFIX = "memory."
+_ZCA_PREFIX = "zca."
+_MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
+
+
+# ----------------------------------------------------------------------------- saving
+def save_memory(
+    path: str | Path,
+    memory: Memory,
+    *,
+    dataset: str,
+    classes: list[str],
+    mean,
+    std,
+    zca: ZCAWhitening | None = None,
+    config: dict | None = None,
+    metrics: dict | None = None,
+    train_size: int | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``memory`` to ``path`` (a ``.safetensors`` file) atomically.
+
+    Args:
+        memory: a memory from the registry (``memory.tensors`` are stored as float32).
+        dataset: name of the dataset the memory was distilled from.
+        classes: class names, one per class of the label space.
+        mean, std: per-channel normalisation (``C`` values each, pixel units in ``[0, 1]``).
+        zca: the whitening applied after mean/std, if any (stored with the memory so
+            :meth:`MemoryFile.to_pixels` can undo it).
+        config: the resolved run configuration (JSON-compatible values).
+        metrics: final metrics of the run.
+        train_size: number of real training images, for the compression ratio.
+        extra: anything else JSON-compatible.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ConfigError: the memory holds NaN/Inf, or an argument is inconsistent with the
+            memory. Nothing is written then and any file already at ``path`` is kept.
+    """
+    path = Path(path)
+    from .. import __version__  # the package sets it before importing submodules
+
+    if not isinstance(memory, Memory) or not memory.kind:
+        raise ConfigError(f"save_memory needs a registered Memory, got {type(memory).__name__}")
+    image_shape = tuple(memory.image_shape)
+    c = image_shape[0]
+    classes = [str(name) for name in classes]
+    if len(classes) != memory.num_classes:
+        raise ConfigError(
+            f"the memory has {memory.num_classes} classes but {len(classes)} class names were given"
+        )
+    mean_l, std_l = _channel_stats(mean, "mean", c), _channel_stats(std, "std", c)
+    if any(s <= 0 for s in std_l):
+        raise ConfigError(f"std must be > 0 for every channel, got {std_l}")
+    if train_size is not None and (isinstance(train_size, bool) or int(train_size) != train_size or train_size < 1):
+        raise ConfigError(f"train_size must be a positive integer, got {train_size!r}")
+
+    tensors: dict[str, torch.Tensor] = {}
+    for name in memory.names:
+        t = memory.tensors[name].detach()
+        if not t.is_floating_point():
+            raise ConfigError(f"memory tensor {name!r} must be floating point, got {t.dtype}")
+        t = t.to(device="cpu", dtype=torch.float32)
+        if not bool(torch.isfinite(t).all()):
+            raise ConfigError(
+                f"memory tensor {name!r} contains NaN or Inf; refusing to save it to {path} "
+                "(any file already there is left untouched). Lower the outer learning rate or "
+                "clip gradients, and save the last finite memory."
+            )
+        tensors[_MEMORY_PREFIX + name] = t.contiguous().clone()
+    if zca is not None:
+        if tuple(zca.image_shape) != image_shape:
+            raise ConfigError(f"the ZCA is fitted for images {zca.image_shape}, the memory holds {image_shape}")
+        for name, t in zca.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ConfigError(f"ZCA tensor {name!r} contains NaN or Inf; refusing to save")
+            tensors[_ZCA_PREFIX + name] = t.contiguous()
+
+    report = memory.report(train_size).as_dict()
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kind": memory.kind,
+        "options": memory.options(),
+        "image_shape": list(image_shape),
+        "num_classes": memory.num_classes,
+        "slots": memory.slots,
+        "tensors": {name: list(memory.tensors[name].shape) for name in memory.names},
+        "dataset": str(dataset),
+        "classes": classes,
+        "mean": mean_l,
+        "std": std_l,
+        "zca": {"present": zca is not None, "regularization": None if zca is None else zca.regularization},
+        # compression_ratio counts the memory's float32 payload (floats_stored * 4), the
+        # equal-storage accounting; bytes_on_disk is the whole file (header, ZCA included).
+        "budget": {**report, "train_size": None if train_size is None else int(train_size)},
+        "config": config,
+        "metrics": metrics,
+        "extra": extra,
+    }
+    meta = _jsonable(meta, "")
+
+    from safetensors.torch import save as serialize
+
+    # bytes_on_disk is part of the header it measures: iterate to the fixed point. The
+    # length depends only on the number of digits, which can only grow, so this ends.
+    data = b""
+    for _ in range(8):
+        meta["budget"]["bytes_on_disk"] = len(data) or int(report["bytes_on_disk"])
+        data = serialize(tensors, metadata={_META_KEY: json.dumps(meta, allow_nan=False)})
+        if len(data) == meta["budget"]["bytes_on_disk"]:
+            break
+    else:  # pragma: no cover - cannot happen, see above
+        raise ConfigError("could not settle the file size recorded in the header")
+    return atomic_write_bytes(path, data)
+
+
+def _channel_stats(values, what: str, channels: int) -> list[float]:
+    try:
+        out = [float(v) for v in torch.as_tensor(values, dtype=torch.float64).flatten().tolist()]
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"{what} must be {channels} numbers, got {values!r}") from None
+    if len(out) != channels or not all(math.isfinite(v) for v in out):
+        raise ConfigError(f"{what} must be {channels} finite numbers (one per channel), got {out}")
+    return out
+
+
+def _jsonable(obj: Any, where: str) -> Any:
+    """A JSON-compatible copy of ``obj``; non-finite floats become ``null``."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v, f"{where}.{k}" if where else str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, (set, frozenset)):
+        return [_jsonable(v, where) for v in sorted(obj, key=str)]
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj), where)
+    if isinstance(obj, (torch.dtype, torch.device)):
+        return str(obj)
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return _jsonable(obj.item(), where)
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", None) == 0:  # numpy scalars
+        return _jsonable(obj.item(), where)
+    raise ConfigError(f"{where or 'the value'} holds a {type(obj).__name__}, which cannot be stored as JSON")
+
+
+# ---------------------------------------------------------------------------- loading
+def load_memory(path: str | Path) -> "MemoryFile":
+    """Read a memory file written by :func:`save_memory`.
+
+    Raises:
+        ConfigError: the file does not exist or is a directory.
+        IntegrityError: not a safetensors file, not a memdistill memory file, written by
+            a newer memdistill, or tensors missing / of the wrong shape.
+        UnknownNameError: the memory kind is not known to this memdistill (lists valid kinds).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"memory file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a memory file")
+    data = path.read_bytes()
+    header = _read_header(data, path)
+    raw = header.get("__metadata__") or {}
+    if not isinstance(raw, dict) or _META_KEY not in raw:
+        raise IntegrityError(f"{path} is not a memdistill memory file (a safetensors file without our metadata)")
+    try:
+        meta = json.loads(raw[_META_KEY])
+    except (TypeError, ValueError) as err:
+        raise IntegrityError(f"{path}: the memdistill metadata is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise IntegrityError(f"{path} is not a memdistill memory file (format {_get(meta, 'format')!r})")
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise IntegrityError(f"{path}: invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise IntegrityError(
+            f"{path} was written by a newer memdistill ({meta.get('library_version', '?')}, format_version "
+            f"{version}; this one reads up to {FORMAT_VERSION}); upgrade memdistill to read it"
+        )
+    kind = meta.get("kind")
+    try:
+        cls = MEMORIES.get(str(kind))
+    except UnknownNameError as err:
+        raise UnknownNameError(f"{path} holds a memory of an unknown kind: {err}") from None
+    image_shape, num_classes, slots = _check_meta(meta, path)
+
+    from safetensors.torch import load as deserialize
+
+    try:
+        stored = deserialize(data)
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise IntegrityError(f"{path} is corrupt: {err}") from None
+
+    manifest = meta["tensors"]
+    tensors = {k[len(_MEMORY_PREFIX):]: v for k, v in stored.items() if k.startswith(_MEMORY_PREFIX)}
+    zca_state = {k[len(_ZCA_PREFIX):]: v for k, v in stored.items() if k.startswith(_ZCA_PREFIX)}
+    stray = sorted(k for k in stored if not k.startswith((_MEMORY_PREFIX, _ZCA_PREFIX)))
+    missing = sorted(set(manifest) - set(tensors))
+    unexpected = sorted(set(tensors) - set(manifest)) + stray
+    if missing or unexpected:
+        raise IntegrityError(
+            f"{path}: the tensors do not match the metadata; missing: {', '.join(missing) or 'none'}; "
+            f"unexpected: {', '.join(unexpected) or 'none'}"
+        )
+    for name, t in tensors.items():
+        want = manifest[name]
+        if list(t.shape) != want:
+            raise IntegrityError(
+                f"{path}: tensor {name!r} has shape {tuple(t.shape)}, the metadata says {tuple(want)}"
+            )
+        if t.dtype != torch.float32:
+            raise IntegrityError(f"{path}: tensor {name!r} is {t.dtype}, memory tensors are float32")
+        if not bool(torch.isfinite(t).all()):
+            raise IntegrityError(f"{path}: tensor {name!r} contains NaN or Inf")
+
+    memory = cls(tensors, image_shape, num_classes, slots)
+    _probe(memory, meta, path)
+    zca = _load_zca(zca_state, meta, image_shape, path)
+    return MemoryFile(memory, meta, zca=zca, path=path)
+
+
+def _read_header(data: bytes, path: Path) -> dict:
+    """The JSON header of a safetensors file (8-byte little-endian length, then JSON)."""
+    not_st = f"{path} is not a safetensors file"
+    if len(data) < 8:
+        raise IntegrityError(f"{not_st} (only {len(data)} bytes)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > min(_MAX_HEADER, len(data) - 8):
+        raise IntegrityError(f"{not_st} (bad header length)")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise IntegrityError(f"{not_st} (the header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise IntegrityError(f"{not_st} (the header is not a JSON object)")
+    return header
+
+
+def _get(meta: Any, key: str) -> Any:
+    return meta.get(key) if isinstance(meta, dict) else None
+
+
+def _is_int(v: Any, low: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _check_meta(meta: dict, path: Path) -> tuple[tuple[int, int, int], int, int]:
+    def bad(what: str) -> IntegrityError:
+        return IntegrityError(f"{path}: invalid memdistill metadata: {what}")
+
+    shape = meta.get("image_shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(s) for s in shape)):
+        raise bad(f"image_shape must be [C, H, W], got {shape!r}")
+    num_classes, slots = meta.get("num_classes"), meta.get("slots")
+    if not _is_int(num_classes) or not _is_int(slots):
+        raise bad(f"num_classes and slots must be positive integers, got {num_classes!r}, {slots!r}")
+    classes = meta.get("classes")
+    if not (isinstance(classes, list) and len(classes) == num_classes and all(isinstance(c, str) for c in classes)):
+        raise bad(f"classes must be {num_classes} names")
+    for key in ("mean", "std"):
+        v = meta.get(key)
+        if not (isinstance(v, list) and len(v) == shape[0]
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+            raise bad(f"{key} must be {shape[0]} numbers")
+    if any(s <= 0 for s in meta["std"]):
+        raise bad("std must be > 0")
+    manifest = meta.get("tensors")
+    if not (isinstance(manifest, dict) and manifest
+            and all(isinstance(v, list) and all(_is_int(s, 0) for s in v) for v in manifest.values())):
+        raise bad("tensors must map names to shapes")
+    for key in ("options", "zca", "budget"):
+        if not isinstance(meta.get(key), dict):
+            raise bad(f"{key} is missing")
+    if not isinstance(meta.get("dataset"), str):
+        raise bad("dataset is missing")
+    return tuple(shape), num_classes, slots  # type: ignore[return-value]
+
+
+def _probe(memory: Memory, meta: dict, path: Path) -> None:
+    """Check the tensors agree with ``image_shape``, ``num_classes`` and ``slots`` by
+    recalling the last class and a one-hot query of it (cheap, works for every type)."""
+    L, r, shape = memory.num_classes, memory.slots, memory.image_shape
+    try:
+        x, y = memory.recall(classes=[L - 1])
+        xq, _ = memory.recall(query=torch.eye(L)[L - 1])
+        options = memory.options()
+    except Exception as err:  # noqa: BLE001 - any failure means inconsistent tensors
+        raise IntegrityError(
+            f"{path}: the tensors do not fit image_shape {shape}, {L} classes and {r} slots ({err})"
+        ) from None
+    if (tuple(x.shape) != (r, *shape) or tuple(xq.shape) != (r, *shape)
+            or tuple(y.shape) not in ((r,), (r, L))):
+        raise IntegrityError(
+            f"{path}: the tensors do not fit image_shape {shape}, {L} classes and {r} slots "
+            f"(recall gave {tuple(x.shape)}, a query {tuple(xq.shape)}, targets {tuple(y.shape)})"
+        )
+    if _jsonable(options, "options") != meta["options"]:
+        raise IntegrityError(f"{path}: the tensors give options {options}, the metadata says {meta['options']}")
+
+
+def _load_zca(state: dict[str, torch.Tensor], meta: dict, image_shape, path: Path) -> ZCAWhitening | None:
+    present = bool(meta["zca"].get("present"))
+    if not present:
+        if state:
+            raise IntegrityError(f"{path}: ZCA tensors are present but the metadata says there is no ZCA")
+        return None
+    try:
+        zca = ZCAWhitening.from_state_dict(state)
+    except ConfigError as err:
+        raise IntegrityError(f"{path}: the stored ZCA is unusable: {err}") from None
+    if tuple(zca.image_shape) != tuple(image_shape):
+        raise IntegrityError(f"{path}: the ZCA is for images {zca.image_shape}, the memory holds {image_shape}")
+    return zca
+
+
+# ------------------------------------------------------------------------ the object
+class MemoryFile:
+    """A loaded memory with everything needed to use it.
+
+    Attributes:
+        memory: the :class:`~memdistill.memory.Memory` (tensors in normalised space).
+        meta: the full metadata document.
+        dataset, classes: dataset name and class names (``len(classes) == num_classes``).
+        image_shape: ``(C, H, W)``; num_classes: ``L``; slots: ``r`` examples per class.
+        kind: the memory type (``"bases"``, ``"images"``).
+        zca: the :class:`ZCAWhitening` of the data, or ``None``.
+        mean, std: per-channel normalisation in pixel units.
+        path: the file it was read from (``None`` if built in memory).
+    """
+
+    def __init__(self, memory: Memory, meta: dict, zca: ZCAWhitening | None = None,
+                 path: str | Path | None = None) -> None:
+        self.memory = memory
+        self.meta = meta
+        self.zca = zca
+        self.path = None if path is None else Path(path)
+        self.kind = memory.kind
+        self.dataset = str(meta.get("dataset", ""))
+        self.classes = [str(c) for c in meta.get("classes", [])]
+        self.image_shape = tuple(memory.image_shape)
+        self.num_classes = memory.num_classes
+        self.slots = memory.slots
+        self.mean = tuple(float(v) for v in meta["mean"])
+        self.std = tuple(float(v) for v in meta["std"])
+
+    def recall(self, classes: list[int] | torch.Tensor | None = None,
+               query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Recalled ``(N, C, H, W)`` images (normalised space) and targets; see
+        :meth:`Memory.recall`."""
+        return self.memory.recall(classes=classes, query=query)
+
+    def as_dataset(self):
+        """Everything the memory recalls as a :class:`~memdistill.evaluate.TrainingSet`
+        (``L*r`` examples; hard ``(N,)`` labels, or soft ``(N, L)`` when learned)."""
+        from ..evaluate import TrainingSet
+
+        x, y = self.recall()
+        return TrainingSet(x, y)
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised ``(..., C, H, W)`` images to pixel space in ``[0, 1]``: undoes the
+        ZCA (if any), then mean/std. Computed in float64, returned in ``x``'s dtype."""
+        if not x.is_floating_point() or x.ndim < 3 or tuple(x.shape[-3:]) != self.image_shape:
+            raise ConfigError(f"to_pixels takes float images (..., {self.image_shape}), got {x.dtype} {tuple(x.shape)}")
+        z = x.detach().to(torch.float64)
+        if self.zca is not None:
+            z = self.zca.inverse(z)
+        mean = torch.tensor(self.mean, dtype=z.dtype, device=z.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=z.dtype, device=z.device).view(-1, 1, 1)
+        return (z * std + mean).clamp(0.0, 1.0).to(x.dtype)
+
+    def report(self) -> dict[str, Any]:
+        """Budget figures (floats stored, bytes on disk, examples, compression ratio,
+        training-set size) with the kind, options, dataset and metrics."""
+        budget = dict(self.meta.get("budget", {}))
+        return {
+            "kind": self.kind,
+            "options": dict(self.meta.get("options", {})),
+            "dataset": self.dataset,
+            "image_shape": list(self.image_shape),
+            "num_classes": self.num_classes,
+            "slots": self.slots,
+            "zca": self.zca is not None,
+            **budget,
+            "metrics": self.meta.get("metrics"),
+            "library_version": self.meta.get("library_version"),
+            "created": self.meta.get("created"),
+        }
+
+    def export_png(self, folder: str | Path) -> list[Path]:
+        """Write one PNG per class (its recalled examples in pixel space) and, when the
+        memory has bases, ``bases.png`` (each basis scaled to its own range). Returns
+        the paths written."""
+        from ..viz import bases_for_display, render_grid
+
+        folder = Path(folder)
+        written = []
+        bases = bases_for_display(self)
+        if bases is not None:
+            written.append(render_grid(bases, min(len(bases), 8), folder / "bases.png",
+                                       title=f"{len(bases)} bases ({self.dataset})"))
+        for c, name in enumerate(self.classes):
+            x, _ = self.recall(classes=[c])
+            written.append(render_grid(self.to_pixels(x), min(self.slots, 10),
+                                       folder / f"class-{c:03d}-{_file_safe(name)}.png",
+                                       title=f"class {c}: {name} ({self.slots} recalled)"))
+        return written
+
+    def __repr__(self) -> str:
+        return (f"MemoryFile(kind={self.kind!r}, dataset={self.dataset!r}, classes={self.num_classes}, "
+                f"slots={self.slots}, image_shape={self.image_shape}, floats={self.memory.floats_stored()}, "
+                f"zca={self.zca is not None})")
+
+
+def _file_safe(name: str) -> str:
+    out = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in name)
+    return out.strip("_")[:40] or "class"
