@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lr", type=float, default=0.01)
     e.add_argument("--momentum", type=float, default=0.9)
     e.add_argument("--batch-size", type=int, default=640)
-    e.add_argument("--augment", default="none", help="none | flip | rotate | flip_rotate")
+    e.add_argument("--augment", default="none", help="none | flip | rotate | flip_rotate | scale | crop | color | cutout | dsa")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--eval-split", choices=["test", "val"], default="test",
                    help="test on the real test split, or on a validation split carved from train "
