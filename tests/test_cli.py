@@ -69,3 +69,54 @@ def test_bad_arguments_give_clear_errors(argv, message, data_root, tmp_path, cap
 def test_console_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "memdistill", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "memdistill" in proc.stdout
+
+
+def _distill_args(data_root, out):
+    return ["distill", "--dataset", "mnist", "--budget-ipc", "1", "--preset", "cpu-quick", "--root", str(data_root),
+            "--iterations", "2", "--inner-steps", "2", "--set", "inner.width=8", "--set", "outer.real_per_class=4",
+            "--set", "evaluation.epochs=1", "--set", "evaluation.width=8", "--out", str(out), "--no-progress"]
+
+
+def test_distill_info_show_evaluate_end_to_end(data_root, tmp_path, capsys):
+    out = tmp_path / "m.mem.safetensors"
+    assert main(_distill_args(data_root, out)) == 0
+    assert out.exists() and (tmp_path / "m.mem.config.json").exists()
+    cfg = json.loads((tmp_path / "m.mem.config.json").read_text())
+    assert cfg["inner"]["width"] == 8 and cfg["inner"]["steps"] == 2
+    assert len((tmp_path / "m.mem.metrics.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "bases" in info and "floats_stored" in info and "7776" in info
+    png = tmp_path / "m.png"
+    assert main(["show", str(out), "--png", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ev = tmp_path / "e.json"
+    assert main(["evaluate", str(out), "--runs", "1", "--epochs", "2", "--width", "8", "--root", str(data_root),
+                 "--out", str(ev), "--no-progress"]) == 0
+    rec = json.loads(ev.read_text())
+    assert rec["examples"] == 290 and rec["reference_ipc"] == 1
+    assert set(rec["results"]["convnet"]) == {"memory", "random_real"}
+
+
+def test_distill_resume_via_cli_and_bad_inputs(data_root, tmp_path, capsys):
+    out = tmp_path / "r.mem.safetensors"
+    assert main(_distill_args(data_root, out)) == 0
+    from memdistill import load
+
+    before = load(out).memory.tensors["bases"].clone()
+    # resuming a finished run does no more iterations and writes the same memory again
+    assert main(_distill_args(data_root, out) + ["--resume"]) == 0
+    assert torch.equal(before, load(out).memory.tensors["bases"])
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--dataset", "fashion-mnist", "--root", str(data_root)]) == 2
+    assert "holds a memory of 'mnist'" in capsys.readouterr().err
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a memory")
+    assert main(["info", str(junk)]) == 2
+    assert "not a safetensors file" in capsys.readouterr().err
+    assert main(_distill_args(data_root, out) + ["--set", "inner.stepz=3"]) == 2
+    assert "unknown option 'inner.stepz'" in capsys.readouterr().err
+    assert main(["distill", "--dataset", "mnist", "--budget-ipc", "0.01", "--root", str(data_root),
+                 "--out", str(tmp_path / "x.safetensors"), "--no-progress"]) == 2
+    assert "minimum" in capsys.readouterr().err

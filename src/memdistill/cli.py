@@ -201,6 +201,7 @@ def _load_memory_file(path: str):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .evaluate import TrainConfig, TrainingSet, evaluate, select_subset
+    from .models import supported_options
 
     mf = _load_memory_file(args.file)
     dataset = args.dataset or mf.dataset
@@ -221,7 +222,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rows, record = [], {"file": str(args.file), "dataset": dataset, "floats_stored": floats,
                         "examples": int(x.shape[0]), "reference_ipc": ref_ipc, "results": {}}
     for arch in [a.strip() for a in args.arch.split(",") if a.strip()]:
-        opts = {"width": args.width} if args.width and arch in ("convnet", "mlp") else {}
+        opts = supported_options(arch, width=args.width)
         tc = TrainConfig(arch=arch, arch_options=opts, epochs=args.epochs, augment=args.augment)
         mem_res = evaluate(TrainingSet(x, y, device=device), test, tc, runs=args.runs, seed=args.seed,
                            device=device, progress=not args.no_progress)

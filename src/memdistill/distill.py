@@ -33,7 +33,7 @@ from .engine import create_inner_optimizer, draw_plans, memory_recall, meta_grad
 from .errors import ConfigError, MemdistillError
 from .evaluate import TrainConfig, TrainingSet, evaluate
 from .memory import Memory, create_memory
-from .models import create_model, functional_forward
+from .models import create_model, functional_forward, supported_options
 
 __all__ = ["Distiller", "DistillResult", "iteration_generator"]
 
@@ -70,16 +70,13 @@ class Distiller:
         self.config = config.validate()
         self.device = torch.device(device)
         self.train, self.val = train_val_split(train, config.evaluation.val_fraction, seed=config.seed)
-        self.train = self.train.subset(torch.arange(len(self.train)))  # own copy
         self.class_index = [self.train.indices_of_class(c) for c in range(self.train.num_classes)]
         ic = config.inner
         self.inner_optimizer = create_inner_optimizer(
             ic.optimizer, lr=ic.lr, **({"momentum": ic.momentum} if ic.optimizer == "sgd" else {})
         )
         self.augment = None if ic.augment == "none" else create_augmentation(ic.augment)
-        self.arch_options = {"width": ic.width, "norm": ic.norm} if ic.arch == "convnet" else {"width": ic.width}
-        if ic.depth:
-            self.arch_options["depth"] = ic.depth
+        self.arch_options = supported_options(ic.arch, width=ic.width, norm=ic.norm, depth=ic.depth or None)
 
     # ------------------------------------------------------------ building blocks
     def new_memory(self) -> Memory:
@@ -147,7 +144,8 @@ class Distiller:
     def evaluate_memory(self, memory: Memory, split: ImageDataset | None = None) -> dict[str, Any]:
         ec = self.config.evaluation
         x, y = memory.recall()
-        tc = TrainConfig(arch=ec.arch, arch_options={"width": ec.width}, epochs=ec.epochs, lr=ec.lr,
+        tc = TrainConfig(arch=ec.arch, arch_options=supported_options(ec.arch, width=ec.width),
+                         epochs=ec.epochs, lr=ec.lr,
                          batch_size=ec.batch_size, augment=ec.augment)
         res = evaluate(TrainingSet(x, y, device=self.device), split or self.val, tc, runs=ec.runs,
                        seed=self.config.seed, device=self.device)

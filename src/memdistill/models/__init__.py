@@ -25,6 +25,7 @@ from ._factory import (
     list_models,
     parameter_dict,
     register_model,
+    supported_options,
 )
 
 # Importing the network modules registers them.
@@ -40,4 +41,5 @@ __all__ = [
     "list_models",
     "parameter_dict",
     "register_model",
+    "supported_options",
 ]

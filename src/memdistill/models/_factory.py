@@ -21,6 +21,7 @@ __all__ = [
     "register_model",
     "list_models",
     "default_options",
+    "supported_options",
     "create_model",
     "init_parameters",
     "functional_forward",
@@ -157,6 +158,16 @@ def default_options(name: str, image_size: ImageSize | None = None) -> dict[str,
     if image_size is not None:
         options = options.resolved(_image_size(image_size))
     return dataclasses.asdict(options)
+
+
+def supported_options(name: str, **options: Any) -> dict[str, Any]:
+    """The subset of ``options`` that network ``name`` accepts, dropping ``None`` values.
+
+    Lets one setting (say ``width=32``) be applied across an architecture list where
+    some networks (``lenet``) have no such option.
+    """
+    valid = default_options(name)
+    return {k: v for k, v in options.items() if k in valid and v is not None}
 
 
 def create_model(

@@ -1,0 +1,171 @@
+"""Seconds per outer iteration and peak memory of the meta-gradient, checkpointed
+against full-graph mode, side by side on the same machine.
+
+Configuration (the issue's): ConvNet-3 width 128 instance norm, `bases` memory with
+K = 16, ds = 2, MNIST (1 x 28 x 28), 10 recalled examples per class per inner step,
+inner SGD lr 0.01 momentum 0.9, outer loss on 640 real images (64 per class).
+
+Each cell runs in its own process, so peak resident memory (ru_maxrss) is the cell's
+own. A cell whose projected memory would not fit the machine is skipped and says so.
+
+    python bench/meta_gradient.py [--steps 10,30,50] [--budgets 1,10] [--width 128]
+
+Writes docs/bench/meta_gradient.json and the matching block of docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def one_cell(mode: str, steps: int, budget: float, width: int, iterations: int) -> dict:
+    from memdistill.config import DistillConfig, apply_overrides
+    from memdistill.data import load_dataset
+    from memdistill.distill import Distiller
+
+    cfg = DistillConfig(dataset="mnist")
+    apply_overrides(cfg, {
+        "memory": {"budget_ipc": budget, "num_bases": 16, "downsample": 2},
+        "inner": {"width": width, "steps": steps, "n_per_class": 10, "augment": "none"},
+        "outer": {"unroll": mode, "real_per_class": 64},
+    })
+    d = Distiller(cfg, load_dataset("mnist", "train"))
+    mem = d.new_memory()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for it in range(iterations):
+        t0 = time.perf_counter()
+        d.meta_step(mem, it)
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"mode": mode, "steps": steps, "budget_ipc": budget, "width": width,
+            "seconds_per_iteration": min(times), "all_seconds": times,
+            "seconds_per_inner_step": min(times) / steps,
+            "peak_rss_gb": peak / 1024**2, "rss_before_gb": base_rss / 1024**2,
+            "slots": mem.slots}
+
+
+def flops_per_iteration(width: int) -> tuple[float, float]:
+    """FLOPs of one outer iteration as ``(constant, per inner step)``, counted by
+    ``torch.utils.flop_counter`` (convolutions and matrix products, double backward
+    included) at T = 2 and T = 3; the count is linear in T."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = []
+    for steps in (2, 3):
+        from memdistill.config import DistillConfig, apply_overrides
+        from memdistill.data import load_dataset
+        from memdistill.distill import Distiller
+
+        cfg = DistillConfig(dataset="mnist")
+        apply_overrides(cfg, {"memory": {"budget_ipc": 1}, "inner": {"width": width, "steps": steps,
+                              "n_per_class": 10, "augment": "none"}, "outer": {"real_per_class": 64}})
+        d = Distiller(cfg, load_dataset("mnist", "train"))
+        mem = d.new_memory()
+        with FlopCounterMode(display=False) as fc:
+            d.meta_step(mem, 0)
+        counts.append(fc.get_total_flops())
+    per_step = counts[1] - counts[0]
+    return counts[0] - 2 * per_step, per_step
+
+
+def conv_rate(threads: int) -> float:
+    """Measured GFLOP/s of a 128->128 3x3 convolution, 16x16, batch 100 (forward)."""
+    x = torch.randn(100, 128, 16, 16)
+    w = torch.randn(128, 128, 3, 3)
+    for _ in range(2):
+        torch.nn.functional.conv2d(x, w, padding=1)
+    n, t0 = 10, time.perf_counter()
+    for _ in range(n):
+        torch.nn.functional.conv2d(x, w, padding=1)
+    dt = (time.perf_counter() - t0) / n
+    return 2 * 100 * 128 * 128 * 9 * 16 * 16 / dt / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", default="10,30,50")
+    ap.add_argument("--budgets", default="1,10")
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--iterations", type=int, default=2)
+    ap.add_argument("--full-max-gb", type=float, default=18.0,
+                    help="skip full-graph cells projected above this (about 0.4 GB per step)")
+    ap.add_argument("--cell", help=argparse.SUPPRESS)
+    ap.add_argument("--no-doc", action="store_true")
+    ap.add_argument("--from-json", action="store_true",
+                    help="reuse the cells of docs/bench/meta_gradient.json; recount FLOPs and rewrite the doc")
+    args = ap.parse_args()
+    if args.cell:
+        mode, steps, budget = args.cell.split(":")
+        print(json.dumps(one_cell(mode, int(steps), float(budget), args.width, args.iterations)))
+        return
+
+    sys.path.insert(0, str(HERE))
+    from _report import DOCS, machine, replace_block, today
+    from memdistill._io import atomic_write_json
+
+    cells = []
+    if args.from_json:
+        old = json.loads((DOCS / "bench" / "meta_gradient.json").read_text())
+        cells = old["cells"]
+    for budget in ([] if args.from_json else [float(b) for b in args.budgets.split(",")]):
+        for steps in [int(s) for s in args.steps.split(",")]:
+            for mode in ("checkpointed", "full"):
+                if mode == "full" and 0.45 * steps > args.full_max_gb:
+                    cells.append({"mode": mode, "steps": steps, "budget_ipc": budget,
+                                  "skipped": f"projected > {args.full_max_gb} GB"})
+                    continue
+                cmd = [sys.executable, __file__, "--cell", f"{mode}:{steps}:{budget}", "--width",
+                       str(args.width), "--iterations", str(args.iterations)]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    cells.append({"mode": mode, "steps": steps, "budget_ipc": budget,
+                                  "skipped": f"failed: {proc.stderr.strip().splitlines()[-1:]}"})
+                else:
+                    cells.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                print(json.dumps(cells[-1]), flush=True)
+    rate = conv_rate(torch.get_num_threads())
+    const, per_step = flops_per_iteration(args.width)
+    for c in cells:
+        if "skipped" not in c:
+            c["gflop_per_iteration"] = (const + c["steps"] * per_step) / 1e9
+            c["achieved_gflops"] = c["gflop_per_iteration"] / c["seconds_per_iteration"]
+    command = "python bench/meta_gradient.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        if k not in ("cell", "no_doc", "from_json"))
+    res = {"date": today(), "machine": machine(), "command": command, "conv_gflops": rate,
+           "gflop_per_inner_step": per_step / 1e9, "gflop_constant": const / 1e9, "cells": cells}
+    if args.no_doc:
+        return
+    atomic_write_json(DOCS / "bench" / "meta_gradient.json", res)
+    rows = ["| budget | T | mode | slots/class | s / outer it | s / inner step | peak RSS GB | GFLOP/s (fraction of conv rate) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        if "skipped" in c:
+            rows.append(f"| {c['budget_ipc']:g} | {c['steps']} | {c['mode']} | - | skipped: {c['skipped']} | - | - | - |")
+        else:
+            rows.append(f"| {c['budget_ipc']:g} | {c['steps']} | {c['mode']} | {c['slots']} | {c['seconds_per_iteration']:.1f} | "
+                        f"{c['seconds_per_inner_step']:.2f} | {c['peak_rss_gb']:.2f} | "
+                        f"{c['achieved_gflops']:.0f} ({c['achieved_gflops'] / rate:.0%}) |")
+    body = "\n".join([f"Command: `{command}`  ", f"Machine: {res['machine']}  ",
+                      f"Date: {res['date']}. Fastest of {args.iterations} outer iterations per cell, each cell in its own "
+                      f"process. Measured 3x3 convolution rate (128->128 channels, 16x16, batch 100): {rate:.0f} GFLOP/s. "
+                      f"FLOPs counted with torch.utils.flop_counter: {per_step / 1e9:.1f} GFLOP per inner step "
+                      f"(forward unroll + recomputation + vector-Jacobian product), {const / 1e9:.1f} GFLOP per "
+                      f"iteration besides (outer loss).",
+                      "", *rows, "", "Raw numbers: `docs/bench/meta_gradient.json`."])
+    replace_block(DOCS / "BENCHMARKS.md", "meta-gradient", body, "Meta-gradient: checkpointed vs full graph")
+
+
+if __name__ == "__main__":
+    main()
