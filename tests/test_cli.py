@@ -99,6 +99,20 @@ def test_distill_info_show_evaluate_end_to_end(data_root, tmp_path, capsys):
     assert set(rec["results"]["convnet"]) == {"memory", "random_real"}
 
 
+def test_distill_with_zca_keeps_the_whitening_in_the_file(data_root, tmp_path, capsys):
+    out = tmp_path / "z.mem.safetensors"
+    assert main(_distill_args(data_root, out) + ["--set", "zca=0.1"]) == 0
+    from memdistill import load
+
+    mf = load(out)
+    assert mf.zca is not None
+    x, _ = mf.recall(classes=[0])
+    pix = mf.to_pixels(x)
+    assert pix.min() >= 0 and pix.max() <= 1
+    assert main(["evaluate", str(out), "--runs", "1", "--epochs", "1", "--width", "8", "--root", str(data_root),
+                 "--out", str(tmp_path / "z.json"), "--no-progress"]) == 0
+
+
 def test_distill_resume_via_cli_and_bad_inputs(data_root, tmp_path, capsys):
     out = tmp_path / "r.mem.safetensors"
     assert main(_distill_args(data_root, out)) == 0

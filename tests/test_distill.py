@@ -103,3 +103,27 @@ def test_short_distillation_beats_random_real_at_equal_storage(mnist_train, mnis
     ours = evaluate(TrainingSet(x, y), test, tc, runs=1, seed=0)
     ref = evaluate(mnist_train.subset(select_subset(mnist_train, 1, "random", seed=0)), test, tc, runs=1, seed=0)
     assert ours.mean > ref.mean + 0.10, (ours.mean, ref.mean)
+
+
+def test_random_truncation_and_class_subsets(small_train):
+    d = Distiller(_tiny(**{"inner.steps": 6, "outer.window": 2, "outer.random_truncation": True,
+                           "inner.classes_per_step": 3, "memory.coeff_penalty": "none"}), small_train)
+    mem = d.new_memory()
+    lengths = set()
+    for it in range(8):
+        loss, grads, inner = d.meta_step(mem, it)
+        assert 2 <= len(inner) <= 6 and all(torch.isfinite(g).all() for g in grads)
+        lengths.add(len(inner))
+        # only the sampled classes' addressing rows receive gradient
+        rows = grads[mem.names.index("addressing")].abs().sum(dim=(0, 2))
+        assert 0 < int((rows > 0).sum()) <= 3
+    assert len(lengths) > 1
+
+
+def test_zca_is_fitted_on_the_distillation_split_and_kept(small_train):
+    d = Distiller(_tiny(zca=0.1), small_train)
+    assert d.train.zca is not None and d.val.zca is d.train.zca
+    x, _ = d.train.batch(torch.arange(200))
+    assert abs(float(x.mean())) < 0.2  # whitened
+    with pytest.raises(ConfigError, match="zca"):
+        _tiny(zca=-1.0).validate()

@@ -180,7 +180,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
                      "rollbacks": result.rollbacks, "validation": result.last_eval,
                      "distill_seconds_this_session": seconds}
     save_memory(out, result.memory, dataset=cfg.dataset, classes=list(train.classes), mean=train.mean,
-                std=train.std, zca=train.zca, config=config_to_dict(cfg), metrics=metrics_final,
+                std=train.std, zca=distiller.train.zca, config=config_to_dict(cfg), metrics=metrics_final,
                 train_size=len(train))
     rep = result.memory.report(len(train))
     rows = [(cfg.dataset, cfg.memory.kind, cfg.memory.budget_ipc, result.memory.slots, rep.examples,
@@ -214,6 +214,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if tuple(train.image_shape) != tuple(mf.image_shape) or train.num_classes != mf.num_classes:
         raise ConfigError(f"{args.file} recalls {mf.image_shape} images of {mf.num_classes} classes, but "
                           f"{dataset!r} has {train.image_shape} and {train.num_classes}")
+    # recalled images live in the memory's space: whiten the real data the same way
+    train, test = train.with_zca(mf.zca), test.with_zca(mf.zca)
     x, y = mf.recall()
     floats = mf.memory.floats_stored()
     c, h, w = train.image_shape

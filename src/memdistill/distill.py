@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ._io import atomic_write_bytes, atomic_write_json
 from .augment import create_augmentation
 from .config import DistillConfig, config_to_dict
-from .data import ImageDataset, load_dataset, train_val_split
+from .data import ImageDataset, fit_zca, train_val_split
 from .engine import create_inner_optimizer, draw_plans, memory_recall, meta_gradient
 from .errors import ConfigError, MemdistillError
 from .evaluate import TrainConfig, TrainingSet, evaluate
@@ -70,6 +70,10 @@ class Distiller:
         self.config = config.validate()
         self.device = torch.device(device)
         self.train, self.val = train_val_split(train, config.evaluation.val_fraction, seed=config.seed)
+        if config.zca > 0:
+            # fitted on the part used for distillation only, then applied to validation too
+            zca = fit_zca(self.train, regularization=config.zca)
+            self.train, self.val = self.train.with_zca(zca), self.val.with_zca(zca)
         self.class_index = [self.train.indices_of_class(c) for c in range(self.train.num_classes)]
         ic = config.inner
         self.inner_optimizer = create_inner_optimizer(
@@ -281,7 +285,7 @@ class Distiller:
             raise MemdistillError(f"checkpoint {path} cannot be read ({exc}); delete it to start afresh") from None
         saved_cfg = json.loads(snap["config"])
         now = config_to_dict(self.config)
-        for key in ("dataset", "seed", "memory"):
+        for key in ("dataset", "seed", "zca", "memory"):
             if saved_cfg.get(key) != now.get(key):
                 raise ConfigError(
                     f"checkpoint {path} was written with a different {key} ({saved_cfg.get(key)!r} vs "
