@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import platform
 import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 
 from memdistill._io import atomic_write_text
+from memdistill._machine import describe_machine
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
+    return describe_machine()
 
 
 def today() -> str:

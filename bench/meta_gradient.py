@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=2)
     ap.add_argument("--full-max-gb", type=float, default=18.0,
                     help="skip full-graph cells projected above this (about 0.4 GB per step)")
+    ap.add_argument("--tag", default="", help="a separate JSON/doc block for this set of cells (e.g. long)")
     ap.add_argument("--cell", help=argparse.SUPPRESS)
     ap.add_argument("--no-doc", action="store_true")
     ap.add_argument("--from-json", action="store_true",
@@ -114,9 +115,10 @@ def main() -> None:
     from _report import DOCS, machine, replace_block, today
     from memdistill._io import atomic_write_json
 
+    suffix = f"_{args.tag}" if args.tag else ""
     cells = []
     if args.from_json:
-        old = json.loads((DOCS / "bench" / "meta_gradient.json").read_text())
+        old = json.loads((DOCS / "bench" / f"meta_gradient{suffix}.json").read_text())
         cells = old["cells"]
     for budget in ([] if args.from_json else [float(b) for b in args.budgets.split(",")]):
         for steps in [int(s) for s in args.steps.split(",")]:
@@ -142,12 +144,12 @@ def main() -> None:
             c["achieved_gflops"] = c["gflop_per_iteration"] / c["seconds_per_iteration"]
     command = "python bench/meta_gradient.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-        if k not in ("cell", "no_doc", "from_json"))
+        if k not in ("cell", "no_doc", "from_json") and not (k == "tag" and not v))
     res = {"date": today(), "machine": machine(), "command": command, "conv_gflops": rate,
            "gflop_per_inner_step": per_step / 1e9, "gflop_constant": const / 1e9, "cells": cells}
     if args.no_doc:
         return
-    atomic_write_json(DOCS / "bench" / "meta_gradient.json", res)
+    atomic_write_json(DOCS / "bench" / f"meta_gradient{suffix}.json", res)
     rows = ["| budget | T | mode | slots/class | s / outer it | s / inner step | peak RSS GB | GFLOP/s (fraction of conv rate) |",
             "|---|---|---|---|---|---|---|---|"]
     for c in cells:
@@ -163,8 +165,9 @@ def main() -> None:
                       f"FLOPs counted with torch.utils.flop_counter: {per_step / 1e9:.1f} GFLOP per inner step "
                       f"(forward unroll + recomputation + vector-Jacobian product), {const / 1e9:.1f} GFLOP per "
                       f"iteration besides (outer loss).",
-                      "", *rows, "", "Raw numbers: `docs/bench/meta_gradient.json`."])
-    replace_block(DOCS / "BENCHMARKS.md", "meta-gradient", body, "Meta-gradient: checkpointed vs full graph")
+                      "", *rows, "", f"Raw numbers: `docs/bench/meta_gradient{suffix}.json`."])
+    replace_block(DOCS / "BENCHMARKS.md", "meta-gradient" + (f"-{args.tag}" if args.tag else ""), body,
+                  "Meta-gradient: checkpointed vs full graph" + (f" ({args.tag})" if args.tag else ""))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -15,6 +14,7 @@ import torch
 
 from . import __version__
 from ._io import atomic_write_json
+from ._machine import machine_info
 from .errors import ConfigError, MemdistillError
 
 log = logging.getLogger("memdistill")
@@ -39,19 +39,6 @@ def _device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but no CUDA device is available; use --device cpu")
     return dev
-
-
-def _machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
 
 
 # ---------------------------------------------------------------- datasets
@@ -117,7 +104,7 @@ def cmd_evaluate_subset(args: argparse.Namespace) -> int:
         "argv": sys.argv[1:],
         "version": __version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**_machine(), "device": str(device)},
+        "machine": {**machine_info(), "device": str(device)},
         "dataset": args.dataset,
         "selection": args.selection,
         "ipc": args.ipc,
