@@ -397,7 +397,7 @@ def _not_found_message(
     fetch = (
         "check the network connection or pass mirrors=[...] with a reachable copy"
         if failure is not None
-        else f"pass download=True to fetch them from {', '.join(spec.mirrors)}"
+        else f"pass download=True (--download on the command line) to fetch them from {', '.join(spec.mirrors)}"
     )
     lines.append(
         f"To fix: {fetch}; or copy the files into {target}/; or set {ENV_VAR} to a folder "
