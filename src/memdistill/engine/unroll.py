@@ -82,6 +82,22 @@ def _leaves(ts: Sequence[torch.Tensor]) -> Tensors:
     return tuple(t.detach().requires_grad_(t.is_floating_point()) for t in ts)
 
 
+def _pack(ts: Tensors) -> torch.Tensor:
+    dtype = ts[0].dtype
+    if any(t.dtype != dtype for t in ts):
+        raise ConfigError("inner parameters and optimiser state must share one dtype")
+    return torch.cat([t.detach().reshape(-1) for t in ts])
+
+
+def _unpack(flat: torch.Tensor, layout) -> Tensors:
+    out, start = [], 0
+    for shape, _ in layout:
+        n = int(torch.Size(shape).numel())
+        out.append(flat[start : start + n].view(shape))
+        start += n
+    return tuple(out)
+
+
 def meta_gradient(
     memory: Sequence[torch.Tensor],
     recall: Recall,
@@ -141,10 +157,13 @@ def meta_gradient(
         grads = tuple(torch.zeros_like(m) if g is None else g for m, g in zip(mem, grads))
         return MetaGradient(out.detach(), grads, inner_losses, T, W)
 
-    # checkpointed: forward through the window keeping (params, state) per step only
-    saved: list[tuple[Tensors, Tensors]] = []
+    # checkpointed: forward through the window keeping (params, state) per step only,
+    # packed into one flat buffer per step (one allocation instead of dozens)
+    layout = [(t.shape, t.dtype) for t in params + state]
+    n_p = len(params)
+    saved: list[torch.Tensor] = []
     for t in range(T - W, T):
-        saved.append((params, state))
+        saved.append(_pack(params + state))
         with torch.no_grad():
             batch = recall(frozen, plans[t])
         params, state, loss = inner_step(params, state, batch, forward, optimizer, create_graph=False)
@@ -159,13 +178,14 @@ def meta_gradient(
     acc = [torch.zeros_like(m) for m in mem]
 
     for k in range(W - 1, -1, -1):
-        p_t, s_t = saved[k]
-        p_t, s_t = _leaves(p_t), _leaves(s_t)
+        unpacked = _leaves(_unpack(saved[k], layout))
+        saved[k] = None  # type: ignore[call-overload]  # free as we go
+        p_t, s_t = unpacked[:n_p], unpacked[n_p:]
         new_p, new_s, _ = inner_step(
             p_t, s_t, recall(mem, plans[T - W + k]), forward, optimizer, create_graph=True
         )
         # vector-Jacobian product of this step, w.r.t. its inputs and the memory
-        n_p, n_s = len(p_t), len(s_t)
+        n_s = len(s_t)
         g = torch.autograd.grad(
             new_p + new_s, p_t + s_t + mem, grad_outputs=adj_params + adj_state, allow_unused=True
         )
