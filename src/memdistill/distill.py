@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._io import atomic_write_bytes, atomic_write_json
+from ._io import atomic_write_bytes
 from .augment import create_augmentation
 from .config import DistillConfig, config_to_dict
 from .data import ImageDataset, fit_zca, train_val_split
