@@ -12,7 +12,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from ..augment import create_augmentation
 from ..data import ImageDataset
 from ..errors import ConfigError
 from ..models import create_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..distributed import DistContext
 
 __all__ = [
     "TrainConfig",
@@ -162,12 +165,16 @@ def train_network(
     config: TrainConfig,
     generator: torch.Generator,
     progress: Callable[[int], None] | None = None,
+    on_step: Callable[[int, torch.nn.Module], bool] | None = None,
 ) -> torch.nn.Module:
     """Train one freshly initialised network on ``data``; returns it in eval mode.
 
     All randomness (initial weights, batch order, augmentation) comes from
     ``generator``, so the same generator state gives the same network on CPU.
     ``progress`` is called with the number of finished optimiser steps.
+    ``on_step(step, model)`` is called after every optimiser step (``step`` counts
+    from 1); training stops early when it returns ``True``. It must leave ``model``
+    in train mode (e.g. wrap a test in ``model.eval()`` ... ``model.train()``).
     """
     c, h, w = data.image_shape
     model = create_model(
@@ -180,6 +187,7 @@ def train_network(
     n = len(data)
     steps_per_epoch = math.ceil(n / config.batch_size)
     model.train()
+    done, stop = 0, False
     for _ in range(config.epochs):
         order = torch.randperm(n, generator=generator).to(data.device)
         for s in range(steps_per_epoch):
@@ -190,8 +198,14 @@ def train_network(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            done += 1
+            if on_step is not None and on_step(done, model):
+                stop = True
+                break
         if progress is not None:
             progress(steps_per_epoch)
+        if stop:
+            break
     model.eval()
     return model
 
@@ -227,6 +241,7 @@ def evaluate(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    dist: "DistContext | None" = None,
 ) -> EvaluationResult:
     """Train ``runs`` fresh networks on ``train`` and test each on ``test``.
 
@@ -237,6 +252,9 @@ def evaluate(
         runs: number of independently initialised networks.
         seed: the one seed every run's generator is derived from.
         progress: show a progress bar (steps over all runs, with ETA).
+        dist: a multi-process group (:mod:`memdistill.distributed`): rank ``k`` trains
+            runs ``k, k + world_size, ...`` and every rank gets all results, in run
+            order, the same numbers as one process computes (on the same kind of device).
     """
     config = config or TrainConfig()
     if runs < 1:
@@ -252,11 +270,14 @@ def evaluate(
             f"soft labels have {data.labels.shape[1]} columns but {test.name!r} has {test.num_classes} classes"
         )
     steps = math.ceil(len(data) / config.batch_size) * config.epochs
-    bar = tqdm(total=steps * runs, desc="evaluate", unit="step", disable=not progress, leave=False)
+    mine = range(runs) if dist is None else dist.shard(runs)
+    bar = tqdm(total=steps * len(mine), desc="evaluate", unit="step", disable=not progress, leave=False)
     accs, per_class, times = [], [], []
     start = time.perf_counter()
     try:
         for r, s in enumerate(run_seeds(seed, runs)):
+            if r not in mine:
+                continue
             g = torch.Generator().manual_seed(s)
             t0 = time.perf_counter()
             model = train_network(data, test.num_classes, config, g, progress=bar.update)
@@ -267,6 +288,11 @@ def evaluate(
             bar.set_postfix(run=f"{r + 1}/{runs}", acc=f"{acc:.4f}")
     finally:
         bar.close()
+    if dist is not None and dist.distributed:
+        # every rank's runs, back in run order
+        parts = dist.all_gather_object((list(mine), accs, per_class, times))
+        order = sorted((r, a, pc, t) for rs, a_s, pcs, ts in parts for r, a, pc, t in zip(rs, a_s, pcs, ts))
+        accs, per_class, times = [o[1] for o in order], [o[2] for o in order], [o[3] for o in order]
     return EvaluationResult(
         accuracies=accs,
         per_class=per_class,
