@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -76,6 +77,7 @@ class Protocol:
     eval_epochs: int
     runs: int
     whole_epochs: int
+    whole_runs: int
     xarch_epochs: int
     xarch_runs: int
     speed_check_every: int  # optimiser steps between accuracy checks of the whole-data run
@@ -83,12 +85,12 @@ class Protocol:
 
 PROTOCOLS = {
     # the reference protocol of METHOD.md (a GPU job)
-    "paper": Protocol(eval_width=128, eval_epochs=300, runs=10, whole_epochs=300, xarch_epochs=300,
+    "paper": Protocol(eval_width=128, eval_epochs=300, runs=10, whole_epochs=300, whole_runs=10, xarch_epochs=300,
                       xarch_runs=10, speed_check_every=20),
     # 2-core CPU: narrower evaluation network; whole-dataset training shortened
-    "cpu": Protocol(eval_width=32, eval_epochs=300, runs=5, whole_epochs=10, xarch_epochs=300, xarch_runs=5,
+    "cpu": Protocol(eval_width=32, eval_epochs=300, runs=5, whole_epochs=10, whole_runs=5, xarch_epochs=300, xarch_runs=5,
                     speed_check_every=10),
-    "cpu-quick": Protocol(eval_width=32, eval_epochs=100, runs=5, whole_epochs=2, xarch_epochs=50,
+    "cpu-quick": Protocol(eval_width=32, eval_epochs=100, runs=5, whole_epochs=2, whole_runs=2, xarch_epochs=50,
                           xarch_runs=3, speed_check_every=10),
 }
 
@@ -136,7 +138,7 @@ class Runner:
         self.root, self.device, self.force, self.progress, self.log = root, device, force, progress, log
         self.overrides = dict(overrides or {})
         proto = PROTOCOLS[preset]
-        for key in ("eval_epochs", "runs", "whole_epochs", "xarch_epochs", "xarch_runs", "speed_check_every"):
+        for key in Protocol.__dataclass_fields__:
             if key in self.overrides:
                 proto = type(proto)(**{**proto.__dict__, key: int(self.overrides.pop(key))})
         unknown = [k for k in self.overrides if "." not in k]
@@ -187,6 +189,7 @@ class Runner:
         fn = {"main": self._main, "xarch": self._xarch, "speed": self._speed, "ablation": self._ablation}
         record = {**self.common(cell), **fn[spec["table"]](cell, spec)}
         record["cell_seconds"] = time.perf_counter() - t0
+        record["load_average_end"] = list(os.getloadavg())  # other work sharing the machine
         atomic_write_json(path, record)
         self.log(f"[{cell}] done in {record['cell_seconds']:.0f} s")
         return record
@@ -231,7 +234,7 @@ class Runner:
         c, h, w = train.image_shape
         if what == "whole":
             res = evaluate(train, test, self.train_config(ds, epochs=self.protocol.whole_epochs),
-                           runs=self.protocol.runs, seed=0, device=self.device, progress=self.progress)
+                           runs=self.protocol.whole_runs, seed=0, device=self.device, progress=self.progress)
             return {"examples": len(train), "floats_stored": len(train) * c * h * w, "test": res.to_dict()}
         idx = select_subset(train, budget, what, seed=0)
         res = evaluate(train.subset(idx), test, self.train_config(ds), runs=self.protocol.runs, seed=0,

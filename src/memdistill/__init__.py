@@ -8,18 +8,25 @@ __version__ = "0.1.0"
 from .augment import create_augmentation, list_augmentations
 from .config import DistillConfig, preset_config
 from .distill import Distiller
+from .distributed import DistContext, init_distributed
 from .data import ImageDataset, list_datasets, load_dataset, locate_dataset, train_val_split
 from .errors import (
     ConfigError,
     DataError,
     DataNotFoundError,
+    DistributedError,
     IntegrityError,
     MemdistillError,
+    TaskDataRevokedError,
     UnknownNameError,
 )
 from .evaluate import EvaluationResult, TrainConfig, TrainingSet, evaluate, select_subset
 from .memory import MemoryFile, create_memory, list_memories, load_memory, save_memory
 from .models import create_model, list_models
+from .labels import LabelSpace, create_label_space, list_label_spaces
+from .queries import class_query, group_query, interpolation_queries, mixture_query, parse_query
+from .derive import DerivedTask, derive_training_set, load_derived, parse_task, run_derived_task, save_derived
+from .continual import create_benchmark, list_benchmarks, list_strategies, run_comparison, run_continual
 
 load = load_memory
 
@@ -31,11 +38,17 @@ __all__ = [
     "EvaluationResult",
     "ImageDataset",
     "IntegrityError",
+    "TaskDataRevokedError",
     "MemdistillError",
     "TrainConfig",
     "TrainingSet",
     "UnknownNameError",
     "MemoryFile",
+    "create_benchmark",
+    "list_benchmarks",
+    "list_strategies",
+    "run_comparison",
+    "run_continual",
     "create_augmentation",
     "create_memory",
     "list_memories",
@@ -43,6 +56,23 @@ __all__ = [
     "load_memory",
     "save_memory",
     "Distiller",
+    "LabelSpace",
+    "create_label_space",
+    "list_label_spaces",
+    "class_query",
+    "group_query",
+    "interpolation_queries",
+    "mixture_query",
+    "parse_query",
+    "DerivedTask",
+    "derive_training_set",
+    "load_derived",
+    "parse_task",
+    "run_derived_task",
+    "save_derived",
+    "DistContext",
+    "DistributedError",
+    "init_distributed",
     "DistillConfig",
     "preset_config",
     "create_model",

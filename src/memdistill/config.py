@@ -36,6 +36,7 @@ class MemoryConfig:
     num_bases: int = 16
     downsample: int = 2
     learned_labels: bool = False
+    label_space: str = "onehot"  # onehot | smooth | parity | coarse (see labels.py)
     init: str = "real"
     coeff_penalty: str = "l2"  # none | l1 | l2, on the addressing coefficients
     coeff_alpha: float = 1e-4
@@ -69,6 +70,8 @@ class OuterConfig:
     window: int = 0  # back-propagate through the last W steps (0: all)
     random_truncation: bool = False  # unroll to N ~ U[W, T] (RaT-BPTT)
     max_failures: int = 3  # consecutive NaN/Inf meta-gradients before a rollback
+    meta_batch: int = 1  # inner unrolls per outer step, spread over the ranks of a torchrun job
+    split_classes: bool = False  # every rank takes part in every unroll, on its share of the classes
 
 
 @dataclass
@@ -89,6 +92,9 @@ class DistillConfig:
     dataset: str = "mnist"
     seed: int = 0
     device: str = "cpu"
+    data_on_device: str = "auto"  # auto | always | never: real uint8 images kept on the device
+    tf32: bool = False  # TF32 matmuls/convolutions on CUDA (unmeasured; see docs/SCALING.md)
+    channels_last: bool = False  # channels-last inputs on CUDA (unmeasured; see docs/SCALING.md)
     zca: float = 0.0  # ZCA whitening regularisation (0: off; 0.1 on CIFAR in the reference)
     checkpoint_every: int = 50
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -99,10 +105,12 @@ class DistillConfig:
     def validate(self) -> "DistillConfig":
         from .augment import AUGMENTATIONS
         from .engine import INNER_OPTIMIZERS, UNROLL_MODES
+        from .labels import LABEL_SPACES
         from .memory import MEMORIES
         from .models import MODELS
 
         MEMORIES.get(self.memory.kind)
+        LABEL_SPACES.get(self.memory.label_space)
         MODELS.get(self.inner.arch)
         MODELS.get(self.evaluation.arch)
         INNER_OPTIMIZERS.get(self.inner.optimizer)
@@ -123,6 +131,8 @@ class DistillConfig:
             (self.outer.real_per_class >= 1, "outer.real_per_class must be >= 1"),
             (self.outer.clip >= 0, "outer.clip must be >= 0 (0 disables clipping)"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+            (self.outer.meta_batch >= 1, "outer.meta_batch (inner unrolls per outer step) must be >= 1"),
+            (self.data_on_device in ("auto", "always", "never"), "data_on_device must be auto, always or never"),
             (self.zca >= 0, "zca (the whitening regularisation) must be >= 0; 0 turns it off"),
             (self.evaluation.every >= 0, "evaluation.every must be >= 0"),
             (0 < self.evaluation.val_fraction < 1, "evaluation.val_fraction must be in (0, 1)"),

@@ -14,6 +14,8 @@ __all__ = [
     "DataError",
     "DataNotFoundError",
     "IntegrityError",
+    "TaskDataRevokedError",
+    "DistributedError",
 ]
 
 
@@ -39,3 +41,12 @@ class DataNotFoundError(DataError, FileNotFoundError):
 
 class IntegrityError(DataError):
     """A file failed its checksum or could not be parsed (corrupt, truncated, wrong)."""
+
+
+class TaskDataRevokedError(MemdistillError):
+    """The real data of a past continual-learning task was read after its task ended."""
+
+
+class DistributedError(MemdistillError):
+    """A multi-process run lost a rank or timed out waiting for one; the message says
+    which rank saw it and how to resume."""

@@ -108,6 +108,8 @@ def meta_gradient(
     outer_loss: Callable[[Tensors], torch.Tensor],
     mode: str = "checkpointed",
     window: int | None = None,
+    reduce: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]] | None = None,
+    shard_weights: Sequence[float] | None = None,
 ) -> MetaGradient:
     """Gradient of the outer loss after ``len(plans)`` inner steps w.r.t. ``memory``.
 
@@ -122,6 +124,13 @@ def meta_gradient(
         outer_loss: ``outer_loss(params) -> scalar`` on real data.
         mode: ``"checkpointed"`` (default) or ``"full"``.
         window: back-propagate through the last ``window`` steps only (``None``: all).
+        reduce: for one unroll split over processes by class (see :func:`_sharded`):
+            sums tensors over the processes (an all-reduce). ``recall`` then gives
+            this process's share of each inner batch and ``outer_loss`` its share of
+            the outer loss (weighted so the shares add up to the whole loss); the
+            returned memory gradient is this process's share, to be summed by the caller.
+        shard_weights: with ``reduce``, the weight of this process's inner loss at
+            each step (its share of the step's examples); default 1.
     """
     if mode not in UNROLL_MODES:
         raise ConfigError(f"unknown unroll mode {mode!r}; valid: {', '.join(UNROLL_MODES)}")
@@ -132,6 +141,13 @@ def meta_gradient(
     if not 1 <= W <= T:
         raise ConfigError(f"window must be in [1, {T}] (the unroll length), got {window}")
     memory = tuple(memory)
+    if reduce is not None:
+        if mode != "checkpointed":
+            raise ConfigError("an unroll split over processes needs mode 'checkpointed', not " + repr(mode))
+        weights = [1.0] * T if shard_weights is None else [float(w) for w in shard_weights]
+        if len(weights) != T:
+            raise ConfigError(f"shard_weights needs one weight per inner step ({T}), got {len(weights)}")
+        return _sharded(memory, recall, forward, init_params, optimizer, plans, outer_loss, W, reduce, weights)
     params = _leaves(init_params)
     state = _leaves(optimizer.init(params))
     inner_losses: list[float] = []
@@ -196,3 +212,75 @@ def meta_gradient(
             if gi is not None:
                 acc[i] += gi
     return MetaGradient(out.detach(), tuple(acc), inner_losses, T, W)
+
+
+def _sharded(memory, recall, forward, init_params, optimizer, plans, outer_loss, W, reduce, weights) -> MetaGradient:
+    """The checkpointed meta-gradient of one unroll whose batches are split over processes.
+
+    Every process holds the same parameters; at each step it computes the gradient of its
+    weighted share of the inner loss and ``reduce`` sums the shares, so all take the same
+    step as one process on the whole batch. Backwards, a step's vector-Jacobian product
+    splits in two: the optimiser update's own (same on every process, no communication)
+    gives the adjoint of the summed gradient ``a_g``; the Hessian-vector product
+    ``d(g_share . a_g)/d(params, memory)`` is per share, and its parameter part is
+    summed over processes. The memory part stays local: the caller sums it.
+    """
+    T = len(plans)
+    frozen = tuple(m.detach() for m in memory)
+    params = _leaves(init_params)
+    state = _leaves(optimizer.init(params))
+    inner_losses: list[float] = []
+
+    def local_grad(p, batch, w, create_graph):
+        x, y = batch
+        loss = inner_loss(forward(p, x), y) * w
+        return torch.autograd.grad(loss, p, create_graph=create_graph), loss
+
+    layout = [(t.shape, t.dtype) for t in params + state]
+    n_p = len(params)
+    saved: list[torch.Tensor] = []
+    for t in range(T):
+        if t >= T - W:
+            saved.append(_pack(params + state))
+        with torch.no_grad():
+            batch = recall(frozen, plans[t])
+        g, loss = local_grad(params, batch, weights[t], create_graph=False)
+        *g, loss = reduce([*g, loss.detach()])
+        with torch.no_grad():
+            new_p, new_s = optimizer.update(tuple(g), state, params)
+        params, state = _leaves(new_p), _leaves(new_s)
+        inner_losses.append(float(loss))
+
+    final = _leaves(params)
+    out = outer_loss(final)
+    *adj_params, out_total = reduce([*torch.autograd.grad(out, final), out.detach()])
+    adj_params = tuple(adj_params)
+    adj_state: Tensors = tuple(torch.zeros_like(s) for s in state)
+    mem = _leaves(memory)
+    acc = [torch.zeros_like(m) for m in mem]
+    zero = lambda gi, like: torch.zeros_like(like) if gi is None else gi  # noqa: E731
+
+    for k in range(W - 1, -1, -1):
+        unpacked = _leaves(_unpack(saved[k], layout))
+        saved[k] = None  # type: ignore[call-overload]
+        p_t, s_t = unpacked[:n_p], unpacked[n_p:]
+        t = T - W + k
+        g_share, _ = local_grad(p_t, recall(mem, plans[t]), weights[t], create_graph=True)
+        g_sum = _leaves(reduce([gi.detach() for gi in g_share]))
+        new_p, new_s = optimizer.update(g_sum, s_t, p_t)
+        n_s = len(s_t)
+        # the update's own VJP: identical on every process
+        v = torch.autograd.grad(tuple(new_p) + tuple(new_s), p_t + s_t + g_sum,
+                                grad_outputs=adj_params + adj_state, allow_unused=True)
+        direct_p = [zero(gi, p) for gi, p in zip(v[:n_p], p_t)]
+        adj_state = tuple(zero(gi, s) for gi, s in zip(v[n_p : n_p + n_s], s_t))
+        adj_g = tuple(zero(gi, p) for gi, p in zip(v[n_p + n_s :], p_t))
+        # Hessian-vector product of this process's share (and its memory part)
+        h = torch.autograd.grad(g_share, p_t + mem, grad_outputs=adj_g, allow_unused=True)
+        hv = reduce([zero(gi, p) for gi, p in zip(h[:n_p], p_t)])
+        adj_params = tuple(d + e for d, e in zip(direct_p, hv))
+        for i, gi in enumerate(h[n_p:]):
+            if gi is not None:
+                acc[i] += gi
+    return MetaGradient(out_total, tuple(acc), inner_losses, T, W)
+

@@ -1,0 +1,270 @@
+"""Continual learning: benchmarks, the revoking task stream, equal storage, and a real
+Split-MNIST run where distilled memories beat fine-tuning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from memdistill.continual import (
+    ALL_STRATEGIES,
+    Benchmark,
+    ContinualResult,
+    LearnerConfig,
+    StrategyOptions,
+    create_benchmark,
+    format_table,
+    parse_benchmark,
+    plot_results,
+    run_comparison,
+    run_continual,
+    save_results,
+)
+from memdistill.continual.benchmarks import _to_shape
+from memdistill.data import ImageDataset, load_dataset
+from memdistill.errors import ConfigError, DataNotFoundError, TaskDataRevokedError, UnknownNameError
+from memdistill.memory import stored_float_budget
+
+# a distillation small enough for tests (seconds per task)
+TINY_DISTILL = {"outer.iterations": 3, "inner.steps": 3, "inner.width": 8, "inner.n_per_class": 4,
+                "outer.real_per_class": 8, "evaluation.epochs": 1, "evaluation.width": 8}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread here: on the shared 2-core CI machines, two threads per process
+    spin against each other and make these small networks several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def split_mnist(data_root) -> Benchmark:
+    return create_benchmark("split-mnist", root=data_root)
+
+
+def _synthetic_benchmark(classes: int = 4, tasks: int = 2, per_class: int = 24, size: int = 16) -> Benchmark:
+    """Each class a noisy copy of its own random pattern; uint8 1 x size x size."""
+    g = torch.Generator().manual_seed(0)
+    protos = torch.rand((classes, 1, size, size), generator=g) * 255
+
+    def make(n):
+        y = torch.arange(classes).repeat_interleave(n)
+        x = (protos[y] + 40 * torch.randn((len(y), 1, size, size), generator=g)).clamp(0, 255)
+        return x.to(torch.uint8), y
+
+    names = tuple(f"c{i}" for i in range(classes))
+    tr, te = make(per_class), make(10)
+    stats = dict(classes=names, mean=(0.5,), std=(0.3,))
+    k = classes // tasks
+    return Benchmark("synthetic", ImageDataset("synthetic", "train", *tr, **stats),
+                     ImageDataset("synthetic", "test", *te, **stats),
+                     tuple(tuple(range(t * k, (t + 1) * k)) for t in range(tasks)), names)
+
+
+# ----------------------------------------------------------------- benchmarks
+def test_split_mnist_class_order_is_seeded_and_tasks_disjoint(split_mnist, data_root):
+    b = split_mnist
+    expected = torch.randperm(10, generator=torch.Generator().manual_seed(0)).tolist()
+    assert list(b.class_order) == expected
+    assert b.tasks == ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
+    flat = [c for t in b.tasks for c in t]
+    assert sorted(flat) == list(range(10)) and len(set(flat)) == len(flat)
+    # id i holds exactly the images of original class order[i]
+    raw = load_dataset("mnist", "train", root=data_root)
+    for i, orig in enumerate(expected):
+        assert int((b.train.labels == i).sum()) == int((raw.labels == orig).sum())
+        first = int(torch.nonzero(raw.labels == orig)[0])
+        assert int(b.train.labels[first]) == i
+    assert b.class_names == tuple(raw.classes[c] for c in expected)
+    other = create_benchmark("split-mnist", root=data_root, seed=1)
+    assert list(other.class_order) != expected
+    # the test images of the classes seen after task 1 are exactly ids 0..3
+    seen = b.test_seen(1)
+    assert set(seen.labels.tolist()) == {0, 1, 2, 3}
+    assert len(seen) == int(sum((b.test.labels == c).sum() for c in range(4)))
+
+
+def test_stream_hands_out_only_the_current_task_and_revokes_it(split_mnist):
+    b = split_mnist
+    stream = b.stream()
+    kept_tasks, kept_data = [], []
+    for task in stream:
+        data = task.train
+        assert set(data.labels.unique().tolist()) == set(task.classes)
+        assert len(data) == int(sum((b.train.labels == c).sum() for c in task.classes))
+        for past, past_data in zip(kept_tasks, kept_data):
+            with pytest.raises(TaskDataRevokedError, match=f"task {past.index} .* no longer available"):
+                past.train
+            assert past_data.images.numel() == 0  # a reference kept by mistake holds nothing
+        kept_tasks.append(task)
+        kept_data.append(data)
+        if task.index == 2:
+            break
+    with pytest.raises(ConfigError, match="iterated once"):
+        next(iter(stream))
+    # after a full pass even the last task is gone
+    full = b.stream()
+    tasks = list(full)
+    with pytest.raises(TaskDataRevokedError):
+        tasks[-1].train
+
+
+def test_missing_benchmark_data_names_the_files(tmp_path, data_root):
+    with pytest.raises(DataNotFoundError, match=r"split-cifar10(.|\n)*data_batch_1"):
+        create_benchmark("split-cifar10", root=tmp_path)
+    for n in (5, 10, 20):
+        with pytest.raises(DataNotFoundError, match=r"cifar-100-python/train"):
+            create_benchmark("split-cifar100", root=tmp_path, num_tasks=n)
+    with pytest.raises(ConfigError, match="valid numbers of tasks: 1, 2, 4, 5, 10, 20, 25, 50, 100"):
+        create_benchmark("split-cifar100", root=tmp_path, num_tasks=7)
+    with pytest.raises(DataNotFoundError, match="tiny-imagenet"):
+        create_benchmark("split-tiny-imagenet", root=tmp_path)
+    # the full MANY on this machine: MNIST is there, the others are named as missing
+    with pytest.raises(DataNotFoundError) as err:
+        create_benchmark("many", root=data_root)
+    msg = str(err.value)
+    assert "cifar10" in msg and "svhn" in msg and "cifar100" in msg and "many:mnist,fashion-mnist" in msg
+    assert "  mnist:" not in msg
+    with pytest.raises(ConfigError, match="partial MANY"):
+        create_benchmark("many", root=data_root, datasets=["mnist", "fashion-mnist"])
+    with pytest.raises(UnknownNameError, match="valid choices"):
+        create_benchmark("split-imagenet")
+
+
+def test_partial_many_keeps_datasets_apart(data_root, fashion_root):
+    b = create_benchmark("many:mnist,fashion-mnist", root=data_root)
+    assert b.name == "many:mnist,fashion-mnist"
+    assert b.tasks == (tuple(range(10)), tuple(range(10, 20)))
+    assert b.image_shape == (1, 28, 28)
+    assert all(n.startswith("mnist/") for n in b.class_names[:10])
+    assert all(n.startswith("fashion-mnist/") for n in b.class_names[10:])
+    assert len(b.train) == 120_000 and len(b.test) == 20_000
+    assert parse_benchmark("many:mnist,fashion-mnist") == (
+        "many", {"datasets": ["mnist", "fashion-mnist"], "allow_partial": True})
+    with pytest.raises(ConfigError, match="only MANY"):
+        parse_benchmark("split-mnist:foo")
+
+
+def test_images_brought_to_a_common_shape():
+    grey = torch.full((3, 1, 28, 28), 200, dtype=torch.uint8)
+    grey[:, :, :14] = 10
+    out = _to_shape(grey, (3, 32, 32))
+    assert out.shape == (3, 3, 32, 32) and out.dtype == torch.uint8
+    assert torch.equal(out[:, 0], out[:, 2])  # grey replicated to every channel
+    assert int(out[0, 0, 0, 0]) == 10 and int(out[0, 0, -1, -1]) == 200
+
+
+# ------------------------------------------------------------ equal storage
+@pytest.mark.parametrize("budget", [1, 3])
+@pytest.mark.parametrize("strategy", ALL_STRATEGIES)
+def test_every_strategy_stays_within_the_budget_after_every_task(strategy, budget):
+    b = _synthetic_benchmark()
+    opts = StrategyOptions(budget_ipc=budget, distill_overrides=TINY_DISTILL)
+    r = run_continual(b, strategy, opts, LearnerConfig(steps=3, width=8, batch_size=16))
+    assert len(r.floats_stored) == len(r.budget_floats) == b.num_tasks
+    d = 16 * 16
+    for t in range(b.num_tasks):
+        seen = b.classes_seen(t)
+        if strategy == "joint":
+            assert r.budget_floats[t] is None
+            assert r.floats_stored[t] == 24 * seen * d  # every real image so far
+        elif strategy == "finetune":
+            assert r.floats_stored[t] == 0
+        else:
+            assert r.budget_floats[t] == stored_float_budget(budget, (1, 16, 16), seen) == budget * d * seen
+            assert r.floats_stored[t] <= r.budget_floats[t]
+            # and uses most of it (a strategy storing nothing would pass the line above)
+            assert r.floats_stored[t] >= 0.9 * r.budget_floats[t]
+
+
+def test_exemplar_and_memory_budgets_that_cannot_fit_fail_early():
+    b = _synthetic_benchmark()
+    with pytest.raises(ConfigError, match="budget-ipc >= 1"):
+        run_continual(b, "random", StrategyOptions(budget_ipc=0.5))
+    with pytest.raises(ConfigError, match="minimum is"):
+        run_continual(b, "memories", StrategyOptions(budget_ipc=0.01))
+    with pytest.raises(ConfigError, match="scratch"):
+        LearnerConfig(training="sometimes")
+
+
+def test_forgetting_and_average_accuracy():
+    r = ContinualResult("b", "s", 1.0, "scratch", per_task_accuracy=[[0.9], [0.5, 0.8], [0.3, 0.6, 0.7]])
+    assert r.final_average_accuracy == pytest.approx((0.3 + 0.6 + 0.7) / 3)
+    # task 0: best 0.9 -> 0.3; task 1: best 0.8 -> 0.6
+    assert r.forgetting == pytest.approx(((0.9 - 0.3) + (0.8 - 0.6)) / 2)
+
+
+def test_reports_table_json_and_plot(tmp_path):
+    b = _synthetic_benchmark()
+    results = run_comparison(b, ["random", "finetune"], StrategyOptions(budget_ipc=1),
+                             LearnerConfig(steps=2, width=8, training="continue"))
+    table = format_table(results)
+    assert table.splitlines()[0].startswith("| strategy | task 1 | task 2 | final avg")
+    assert "| random |" in table and "| finetune |" in table
+    path = save_results(tmp_path / "r.json", results, benchmark="synthetic")
+    saved = json.loads(path.read_text())
+    assert [r["strategy"] for r in saved["results"]] == ["random", "finetune"]
+    assert saved["results"][1]["training"] == "continue" and len(saved["results"][0]["seen_accuracy"]) == 2
+    png = plot_results(results, tmp_path / "r.png", title="t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------ real Split MNIST
+def test_memories_beat_finetune_on_split_mnist(split_mnist):
+    learner = LearnerConfig(steps=100, width=16, batch_size=64, test_per_class=100)
+    opts = StrategyOptions(budget_ipc=1, distill_overrides={
+        "outer.iterations": 5, "inner.steps": 5, "inner.width": 16, "evaluation.epochs": 1})
+    mem = run_continual(split_mnist, "memories", opts, learner)
+    ft = run_continual(split_mnist, "finetune", opts, learner)
+    # fine-tuning forgets: after the last task it only knows the last two classes
+    assert ft.final_average_accuracy < 0.35
+    assert mem.final_average_accuracy > ft.final_average_accuracy + 0.3
+    assert mem.forgetting < ft.forgetting
+    assert all(f <= b for f, b in zip(mem.floats_stored, mem.budget_floats))
+
+
+def test_memories_can_start_from_the_previous_tasks_bases():
+    from memdistill.continual import create_strategy
+    from memdistill.config import preset_config
+    from memdistill.distill import Distiller
+
+    b = _synthetic_benchmark()
+    frozen = {**TINY_DISTILL, "outer.iterations": 0}  # no update: the memory is its initialisation
+    kept = {}
+    for flag in (False, True):
+        strat = create_strategy("memories", budget_ipc=2, distill_overrides=frozen, init_from_previous=flag)
+        for task in b.stream():
+            strat.learn_task(task.index, task.classes, task.train)
+        kept[flag] = [m.tensors["bases"] for _, m in strat.memories]
+    assert torch.equal(kept[True][0], kept[True][1])
+    assert not torch.equal(kept[False][0], kept[False][1])
+    # a memory that does not fit the run is refused with what it needs
+    data = b.train.subset(torch.nonzero(b.train.labels < 3).flatten())
+    data = data.__class__(**{**data.__dict__, "classes": data.classes[:3]})
+    with pytest.raises(ConfigError, match="initial_memory is a 'bases' memory of 2 classes"):
+        Distiller(preset_config("cpu-quick", "synthetic"), data,
+                  initial_memory=strat.memories[0][1]).new_memory()
+
+
+def test_cli_runs_a_comparison_and_reports_errors(tmp_path, data_root, capsys):
+    from memdistill.cli import main
+
+    out = tmp_path / "run.json"
+    rc = main(["continual", "--benchmark", "split-mnist", "--strategy", "random,finetune", "--steps", "3",
+               "--width", "8", "--test-per-class", "10", "--root", str(data_root), "--out", str(out),
+               "--no-progress"])
+    assert rc == 0
+    saved = json.loads(out.read_text())
+    assert [r["strategy"] for r in saved["results"]] == ["random", "finetune"]
+    assert saved["benchmark"] == "split-mnist" and saved["learner"]["steps"] == 3
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert "| random |" in capsys.readouterr().out
+    assert main(["continual", "--benchmark", "many", "--root", str(data_root)]) == 2
+    assert "cifar10" in capsys.readouterr().err
+    assert main(["continual", "--benchmark", "split-mnist", "--strategy", "replay", "--root", str(data_root)]) == 2
+    assert "valid choices" in capsys.readouterr().err
