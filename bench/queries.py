@@ -149,7 +149,7 @@ def render(results: dict) -> None:
         for t in entry["tasks"]:
             m, r, a = t["memory"], t["random_real"], t["all_real"]
             rows.append(f"| `{t['task']['spec']}` | {', '.join(t['task']['names'])} | {100 * t['chance']:.1f} "
-                        f"| **{100 * m['mean']:.2f}** ({m['examples']}) | {100 * r['mean']:.2f} ({r['examples']}) "
+                        f"| {100 * m['mean']:.2f} ({m['examples']}) | {100 * r['mean']:.2f} ({r['examples']}) "
                         f"| {100 * a['mean']:.2f} ({a['examples']}, {a['epochs']}) |")
         pics = "\n".join(f"![{p['a']} to {p['b']}]({p['file']})" for p in entry["pictures"])
         body = (f"Memory: `{_rel(entry['distill_command'])}` ({entry['memory_iterations']} outer iterations, "
