@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
