@@ -99,6 +99,18 @@ def test_distill_info_show_evaluate_end_to_end(data_root, tmp_path, capsys):
     assert set(rec["results"]["convnet"]) == {"memory", "random_real"}
 
 
+def test_distill_time_limit_writes_the_partial_memory_and_resume_completes_it(data_root, tmp_path, capsys):
+    out = tmp_path / "t.mem.safetensors"
+    assert main(_distill_args(data_root, out) + ["--time-limit", "1e-9"]) == 0
+    assert out.exists() and "stopped at the time limit after 1 of 2 iterations" in capsys.readouterr().out
+    assert main(_distill_args(data_root, out) + ["--resume"]) == 0
+    assert "stopped at the time limit" not in capsys.readouterr().out
+    assert len((tmp_path / "t.mem.metrics.jsonl").read_text().splitlines()) == 2
+    assert main(_distill_args(data_root, tmp_path / "u.mem.safetensors") + ["--time-limit", "0"]) == 2
+    assert "--time-limit must be a positive number of seconds" in capsys.readouterr().err
+    assert not (tmp_path / "u.mem.safetensors").exists() and not (tmp_path / "u.mem.config.json").exists()
+
+
 def test_distill_with_zca_keeps_the_whitening_in_the_file(data_root, tmp_path, capsys):
     out = tmp_path / "z.mem.safetensors"
     assert main(_distill_args(data_root, out) + ["--set", "zca=0.1"]) == 0

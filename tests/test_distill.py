@@ -46,6 +46,18 @@ def test_resume_is_bit_identical(small_train, tmp_path):
     assert a == b and len(a) == 4
 
 
+def test_time_limit_stops_after_a_checkpoint_and_resume_finishes_the_run(small_train, tmp_path):
+    full = Distiller(_tiny(), small_train).run()
+    ckpt = tmp_path / "t.ckpt"
+    # any iteration takes longer than a nanosecond: the run stops after the first one
+    first = Distiller(_tiny(), small_train).run(checkpoint=ckpt, time_limit=1e-9)
+    assert first.iterations == 1 and ckpt.exists()
+    second = Distiller(_tiny(), small_train).run(checkpoint=ckpt, resume=True, time_limit=3600)
+    assert second.iterations == 4
+    for k in full.memory.tensors:
+        assert torch.equal(full.memory.tensors[k], second.memory.tensors[k]), k
+
+
 def test_resume_refuses_a_different_configuration(small_train, tmp_path):
     ckpt = tmp_path / "c.ckpt"
     Distiller(_tiny(), small_train).run(checkpoint=ckpt, stop_after=1)

@@ -179,6 +179,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out must end in .safetensors (a memory file), got {out}")
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise ConfigError(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
     base = out.with_suffix("")
     checkpoint, metrics = Path(f"{base}.ckpt"), Path(f"{base}.metrics.jsonl")
     dist, device = _join(args, cfg.device)
@@ -191,7 +193,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     distiller = Distiller(cfg, train, device=device, dist=dist)
     t0 = time.perf_counter()
     result = distiller.run(checkpoint=checkpoint, metrics=metrics, resume=args.resume,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, time_limit=args.time_limit)
     seconds = time.perf_counter() - t0
     if not dist.is_main:  # rank 0 writes the memory and reports
         return 0
@@ -210,6 +212,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     print(_table(["dataset", "memory", "budget ipc", "slots/class", "examples", "floats", "iterations",
                   "val acc %", "seconds"], rows))
     print(f"wrote {out} (checkpoint {checkpoint}, metrics {metrics})")
+    if result.iterations < cfg.outer.iterations:
+        print(f"stopped at the time limit after {result.iterations} of {cfg.outer.iterations} iterations; "
+              f"add --resume to continue")
     return 0
 
 
@@ -448,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="TOML file with any option of the run (see docs/CONFIG.md)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any option, e.g. inner.lr=0.02")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint next to --out")
+    s.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop after the iteration that passes this wall time, writing the checkpoint and the "
+                        "memory so far (--resume continues)")
     s.add_argument("--root", help="data folder (default: $MEMDISTILL_DATA, then ./data)")
     s.add_argument("--download", action="store_true")
     s.add_argument("--out", required=True, help="memory file to write (.safetensors)")

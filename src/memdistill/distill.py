@@ -331,6 +331,7 @@ class Distiller:
         resume: bool = False,
         progress: bool = False,
         stop_after: int | None = None,
+        time_limit: float | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
     ) -> DistillResult:
         """Run the outer loop (in every rank of a multi-process run; rank 0 alone writes
@@ -342,6 +343,11 @@ class Distiller:
             resume: continue from ``checkpoint`` when it exists.
             stop_after: stop (after checkpointing) once this many iterations are done,
                 as if interrupted; used to test resume.
+            time_limit: stop (after checkpointing) at the end of the first iteration that
+                ends more than this many seconds after the loop started (e.g. a
+                scheduler's wall-time limit; ``--resume`` continues the run). The
+                iteration count is then machine-dependent: for reproducible results,
+                fix ``outer.iterations`` instead.
         """
         cfg, oc = self.config, self.config.outer
         main = self.dist.is_main  # only rank 0 writes files and shows progress
@@ -373,6 +379,7 @@ class Distiller:
         total = oc.iterations
         bar = tqdm(total=total, initial=start, desc="distill", unit="it", disable=not (progress and main))
         it = start
+        started = time.perf_counter()
         try:
             while it < total:
                 t0 = time.perf_counter()
@@ -420,11 +427,15 @@ class Distiller:
                     callback(record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", acc="-" if last_eval is None else f"{100 * last_eval['mean']:.1f}")
-                if it % cfg.checkpoint_every == 0 or it == total or (stop_after is not None and it >= stop_after):
+                stop = stop_after is not None and it >= stop_after
+                if time_limit is not None:
+                    # rank 0's clock decides for all, or the next iteration's collectives hang
+                    stop = stop or bool(self.dist.broadcast_object(time.perf_counter() - started > time_limit))
+                if it % cfg.checkpoint_every == 0 or it == total or stop:
                     snapshot = self._snapshot(memory, opt, it, lr, skipped, rollbacks, last_eval)
                     if checkpoint and main:
                         self._save_checkpoint(checkpoint, snapshot)
-                if stop_after is not None and it >= stop_after:
+                if stop:
                     break
         finally:
             bar.close()

@@ -1,0 +1,141 @@
+"""Choose distillation settings on the validation split only, at an equal wall-time budget.
+
+    python bench/tune.py --dataset mnist --budget 1 --base cpu --seconds 300           # every candidate
+    python bench/tune.py --dataset mnist --budget 1 --base cpu --seconds 300 --only T10
+    python bench/tune.py --render                                                      # only the doc table
+
+Each candidate is a preset (``--base``) with a few settings changed. It distills for
+``--seconds`` of wall time (``Distiller.run(time_limit=...)``), so a cheaper inner loop
+gets more outer iterations, which is the trade-off a time-limited preset has to make.
+The memory is then retrained ``--eval-runs`` times on the validation split that the
+distiller carved out of the training set (10%, fixed seed). The test split is never
+read here. Each candidate writes ``docs/bench/tuning/<tag>/<candidate>.json``; ``--render``
+rebuilds the table of ``docs/RESULTS.md`` (block ``tuning``) from those files only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+
+from _report import DOCS, machine, replace_block, today  # noqa: E402
+from memdistill._io import atomic_write_json  # noqa: E402
+from memdistill.config import apply_overrides, config_to_dict, preset_config  # noqa: E402
+from memdistill.data import load_dataset  # noqa: E402
+from memdistill.distill import Distiller  # noqa: E402
+from memdistill.errors import MemdistillError  # noqa: E402
+from memdistill.evaluate import TrainConfig, TrainingSet, evaluate  # noqa: E402
+from memdistill.models import supported_options  # noqa: E402
+
+OUT = DOCS / "bench" / "tuning"
+
+# name -> (what it changes, overrides of the base preset)
+CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
+    "base": ("the base preset as is", {}),
+    "T10": ("T = 10 inner steps", {"inner.steps": 10}),
+    "T40": ("T = 40 inner steps", {"inner.steps": 40}),
+    "lr0.03": ("outer lr 0.03", {"outer.lr": 0.03}),
+    "labels": ("learned labels", {"memory.learned_labels": True}),
+}
+
+
+def run_candidate(name: str, args) -> dict[str, Any]:
+    change, overrides = CANDIDATES[name]
+    cfg = preset_config(args.base, args.dataset, args.budget)
+    apply_overrides(cfg, {**overrides, "outer.iterations": 1_000_000, "evaluation.every": 0},
+                    source=f"candidate {name!r}")
+    train = load_dataset(args.dataset, "train", root=args.root)
+    distiller = Distiller(cfg, train)
+    t0 = time.perf_counter()
+    result = distiller.run(progress=not args.no_progress, time_limit=args.seconds)
+    seconds = time.perf_counter() - t0
+    x, y = result.memory.recall()
+    tc = TrainConfig(arch="convnet", arch_options=supported_options("convnet", width=args.eval_width),
+                     epochs=args.eval_epochs, lr=cfg.evaluation.lr, batch_size=cfg.evaluation.batch_size,
+                     augment=cfg.evaluation.augment)
+    val = evaluate(TrainingSet(x, y), distiller.val, tc, runs=args.eval_runs, seed=cfg.seed,
+                   progress=not args.no_progress)
+    cfg.outer.iterations = result.iterations  # what actually ran
+    return {"candidate": name, "change": change, "overrides": overrides, "base": args.base,
+            "dataset": args.dataset, "budget": args.budget, "machine": machine(), "date": today(),
+            "threads": torch.get_num_threads(), "seconds_budget": args.seconds, "distill_seconds": seconds,
+            "iterations": result.iterations, "seconds_per_iteration": seconds / max(result.iterations, 1),
+            "examples": int(x.shape[0]), "floats_stored": int(result.memory.floats_stored()),
+            "eval": {"width": args.eval_width, "epochs": args.eval_epochs, "runs": args.eval_runs},
+            "val": {"mean": val.mean, "std": val.std, "accuracies": list(val.accuracies)},
+            "config": config_to_dict(cfg)}
+
+
+def tuning_markdown(out_dir: Path = OUT) -> str:
+    """The tables of every tag under ``out_dir``, from its JSON files only."""
+    lines = ["Validation-split accuracy (%) of each candidate after the same wall-time budget of "
+             "distillation; the test split is not read. Reproduce one tag with the command in its row.", ""]
+    for tag_dir in sorted(p for p in out_dir.glob("*") if p.is_dir()):
+        rows = [json.loads(f.read_text()) for f in sorted(tag_dir.glob("*.json"))]
+        if not rows:
+            continue
+        r0 = rows[0]
+        lines += [f"#### {r0['dataset']}, budget {r0['budget']}, base preset `{r0['base']}`", "",
+                  f"Reproduce: `python bench/tune.py --dataset {r0['dataset']} --budget {r0['budget']} "
+                  f"--base {r0['base']} --seconds {r0['seconds_budget']:g} --eval-epochs {r0['eval']['epochs']} "
+                  f"--eval-runs {r0['eval']['runs']}`. Machine: {r0['machine']}; "
+                  f"{', '.join(sorted({r['date'] for r in rows}))}. Retrained on ConvNet-3 width "
+                  f"{r0['eval']['width']}, {r0['eval']['epochs']} epochs, {r0['eval']['runs']} runs.", "",
+                  "| candidate | change | iterations in the budget | s/iteration | val acc % |",
+                  "|---|---|---|---|---|"]
+        best = max(rows, key=lambda r: r["val"]["mean"])
+        for r in sorted(rows, key=lambda r: -r["val"]["mean"]):
+            acc = f"{100 * r['val']['mean']:.2f} ± {100 * r['val']['std']:.2f}"
+            if r is best:
+                acc = f"**{acc}**"
+            lines.append(f"| `{r['candidate']}` | {r['change']} | {r['iterations']} | "
+                         f"{r['seconds_per_iteration']:.2f} | {acc} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--budget", type=int, default=1)
+    p.add_argument("--base", default="cpu", help="the preset the candidates change")
+    p.add_argument("--seconds", type=float, default=300.0, help="wall-time budget of each distillation")
+    p.add_argument("--only", help=f"comma-separated candidates; default all of {', '.join(CANDIDATES)}")
+    p.add_argument("--eval-width", type=int, default=32)
+    p.add_argument("--eval-epochs", type=int, default=100)
+    p.add_argument("--eval-runs", type=int, default=2)
+    p.add_argument("--root", default=None)
+    p.add_argument("--doc", type=Path, default=DOCS / "RESULTS.md")
+    p.add_argument("--out-dir", type=Path, default=OUT, help="where the candidates' JSON files go")
+    p.add_argument("--render", action="store_true", help="only rebuild the doc table from the JSON")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        if not args.render:
+            names = [n.strip() for n in (args.only or ",".join(CANDIDATES)).split(",") if n.strip()]
+            unknown = [n for n in names if n not in CANDIDATES]
+            if unknown:
+                p.error(f"unknown candidate(s) {', '.join(unknown)}; valid: {', '.join(CANDIDATES)}")
+            tag = f"{args.dataset}.b{args.budget}.{args.base}"
+            for name in names:
+                rec = run_candidate(name, args)
+                atomic_write_json(args.out_dir / tag / f"{name}.json", rec)
+                print(f"[{name}] {rec['iterations']} iterations, val {100 * rec['val']['mean']:.2f}%", flush=True)
+        replace_block(args.doc, "tuning", tuning_markdown(args.out_dir), "How the cpu preset was chosen")
+    except MemdistillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
