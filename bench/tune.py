@@ -41,10 +41,17 @@ OUT = DOCS / "bench" / "tuning"
 # name -> (what it changes, overrides of the base preset)
 CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "base": ("the base preset as is", {}),
+    # explicit, so that they mean the same whatever the base preset says today
     "T10": ("T = 10 inner steps", {"inner.steps": 10}),
+    "T20": ("T = 20 inner steps", {"inner.steps": 20}),
     "T40": ("T = 40 inner steps", {"inner.steps": 40}),
-    "lr0.03": ("outer lr 0.03", {"outer.lr": 0.03}),
-    "labels": ("learned labels", {"memory.learned_labels": True}),
+    "T80": ("T = 80 inner steps", {"inner.steps": 80}),
+    "lr0.03": ("T = 20, outer lr 0.03", {"inner.steps": 20, "outer.lr": 0.03}),
+    "T40-lr0.03": ("T = 40, outer lr 0.03", {"inner.steps": 40, "outer.lr": 0.03}),
+    "labels": ("T = 20, learned labels", {"inner.steps": 20, "memory.learned_labels": True}),
+    # at budget 10, K = 16 bases leave 470 slots per class in a 16-dimensional image space
+    "K64": ("64 bases", {"memory.num_bases": 64}),
+    "K160": ("160 bases (29 slots per class at budget 10, as K = 16 at budget 1)", {"memory.num_bases": 160}),
 }
 
 
@@ -86,19 +93,23 @@ def tuning_markdown(out_dir: Path = OUT) -> str:
         r0 = rows[0]
         lines += [f"#### {r0['dataset']}, budget {r0['budget']}, base preset `{r0['base']}`", "",
                   f"Reproduce: `python bench/tune.py --dataset {r0['dataset']} --budget {r0['budget']} "
-                  f"--base {r0['base']} --seconds {r0['seconds_budget']:g} --eval-epochs {r0['eval']['epochs']} "
+                  f"--base {r0['base']} --only {','.join(r['candidate'] for r in rows)} "
+                  f"--seconds {r0['seconds_budget']:g} --eval-epochs {r0['eval']['epochs']} "
                   f"--eval-runs {r0['eval']['runs']}`. Machine: {r0['machine']}; "
                   f"{', '.join(sorted({r['date'] for r in rows}))}. Retrained on ConvNet-3 width "
                   f"{r0['eval']['width']}, {r0['eval']['epochs']} epochs, {r0['eval']['runs']} runs.", "",
-                  "| candidate | change | iterations in the budget | s/iteration | val acc % |",
-                  "|---|---|---|---|---|"]
+                  "| candidate | K bases | T inner steps | outer lr | learned labels | iterations in the budget "
+                  "| s/iteration | val acc % |",
+                  "|---|---|---|---|---|---|---|---|"]
         best = max(rows, key=lambda r: r["val"]["mean"])
         for r in sorted(rows, key=lambda r: -r["val"]["mean"]):
             acc = f"{100 * r['val']['mean']:.2f} ± {100 * r['val']['std']:.2f}"
             if r is best:
                 acc = f"**{acc}**"
-            lines.append(f"| `{r['candidate']}` | {r['change']} | {r['iterations']} | "
-                         f"{r['seconds_per_iteration']:.2f} | {acc} |")
+            c = r["config"]  # what actually ran, whatever the preset says today
+            lines.append(f"| `{r['candidate']}` | {c['memory']['num_bases']} | {c['inner']['steps']} | "
+                         f"{c['outer']['lr']:g} | {'yes' if c['memory']['learned_labels'] else 'no'} | "
+                         f"{r['iterations']} | {r['seconds_per_iteration']:.2f} | {acc} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -43,7 +43,7 @@ def test_a_candidate_never_reads_the_test_split(tmp_path, data_root, monkeypatch
     monkeypatch.setattr(tune, "load_dataset", guarded)
     doc = tmp_path / "R.md"
     # any iteration outlasts a nanosecond: one outer iteration per candidate
-    rc = tune.main(["--only", "base,T10", "--seconds", "1e-9", "--eval-epochs", "1", "--eval-runs", "2",
+    rc = tune.main(["--only", "T10,T20", "--seconds", "1e-9", "--eval-epochs", "1", "--eval-runs", "2",
                     "--eval-width", "8", "--root", str(data_root), "--out-dir", str(tmp_path / "t"),
                     "--doc", str(doc), "--no-progress"])
     assert rc == 0 and splits == ["train", "train"]
@@ -51,7 +51,7 @@ def test_a_candidate_never_reads_the_test_split(tmp_path, data_root, monkeypatch
     assert rec["iterations"] == 1 and rec["config"]["inner"]["steps"] == 10
     assert len(rec["val"]["accuracies"]) == 2 and rec["examples"] == 290
     table = _block(doc.read_text(), "tuning")
-    assert f"{100 * rec['val']['mean']:.2f}" in table and "`T10`" in table and "`base`" in table
+    assert f"{100 * rec['val']['mean']:.2f}" in table and "`T10`" in table and "`T20`" in table
 
 
 def test_unknown_candidates_are_refused(capsys):
