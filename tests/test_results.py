@@ -86,6 +86,22 @@ def test_cell_names_cover_every_table():
     assert {f"ablation.mnist.b1.{a}" for a in results.ABLATIONS} <= set(names)
 
 
+def test_every_ablation_fits_the_mnist_budget_of_its_cell():
+    """An ablation whose memory cannot be stored in budget 1 would only fail after the
+    cells before it ran (as ``ds1`` with 16 full-resolution bases once did)."""
+    from memdistill.memory._base import solve_slots
+
+    for preset in results.PROTOCOLS:
+        runner = results.Runner(preset, ROOT / "unused", ROOT / "unused", root=None, device="cpu",
+                                overrides={}, force=False, progress=False)
+        for name, (_, extra) in results.ABLATIONS.items():
+            cfg = runner.distill_config("mnist", 1, "bases", extra)
+            m = cfg.memory
+            slots = solve_slots(m.budget_ipc, (1, 28, 28), 10, m.num_bases, m.downsample,
+                                learned_labels=m.learned_labels)
+            assert slots >= 1, (preset, name)
+
+
 def _committed_presets():
     base = ROOT / "docs" / "bench" / "results"
     return sorted(p.name for p in base.iterdir() if (p / "summary.json").exists()) if base.exists() else []
