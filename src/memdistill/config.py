@@ -230,7 +230,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # chosen by bench/tune.py on MNIST's validation split (docs/RESULTS.md): T = 80 beat
     # T = 10/20/40, learned labels and a larger outer lr at an equal wall time; 75
-    # iterations take about 25 minutes on one core of the 2-core machine
+    # iterations keep the distillation under 30 minutes on one core (docs/RESULTS.md)
     "cpu": {
         "inner": {"width": 32, "steps": 80, "n_per_class": 10, "augment": "none"},
         "outer": {"iterations": 75, "optimizer": "adam", "lr": 0.01, "real_per_class": 32},
