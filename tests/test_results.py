@@ -3,38 +3,22 @@ docs/RESULTS.md against the JSON the script wrote."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from memdistill.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+from _bench_scripts import ROOT, doc_block, load_script
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_results", ROOT / "bench" / "results.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_results"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-results = _load_script()
+results = load_script("results")
 
 TINY = ["--set", "outer.iterations=1", "--set", "inner.steps=2", "--set", "inner.width=8", "--set", "runs=2",
         "--set", "eval_epochs=1"]
 NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
-
-
-def _block(text: str, key: str) -> str:
-    m = re.search(rf"<!-- {re.escape(key)}:start -->\n(.*?)\n<!-- {re.escape(key)}:end -->", text, re.S)
-    assert m, f"block {key} missing"
-    return m.group(1)
 
 
 def test_tiny_cells_write_json_and_a_matching_table(tmp_path, data_root):
@@ -52,7 +36,7 @@ def test_tiny_cells_write_json_and_a_matching_table(tmp_path, data_root):
     assert bases["iterations"] == 1 and bases["config"]["inner"]["steps"] == 2
     assert Path(bases["memory_file"]).exists()
     # the doc table shows exactly the JSON's numbers
-    text = _block(doc.read_text(), "results-cpu-quick")
+    text = doc_block(doc.read_text(), "results-cpu-quick")
     row_b = next(line for line in text.splitlines() if line.startswith("| 1 | bases |"))
     assert f"{100 * bases['test']['mean']:.2f} ± {100 * bases['test']['std']:.2f}" in row_b
     assert f"| {bases['floats_stored']} |" in row_b
@@ -116,7 +100,7 @@ def test_committed_results_doc_is_the_json(preset):
     tables = results.build_tables(cells)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tables"] == json.loads(json.dumps(tables)), "summary.json is stale: rerun --render"
-    block = _block((ROOT / "docs" / "RESULTS.md").read_text(), f"results-{preset}")
+    block = doc_block((ROOT / "docs" / "RESULTS.md").read_text(), f"results-{preset}")
     assert block == results.render_markdown(preset, tables, cells).rstrip(), "docs/RESULTS.md is stale: rerun --render"
     allowed = {tok for t in tables for row in t["rows"] for cell in row for tok in NUMBER.findall(cell)}
     allowed |= {tok for t in tables for h in t["headers"] for tok in NUMBER.findall(h)}

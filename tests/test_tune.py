@@ -3,32 +3,14 @@ in docs/RESULTS.md is the committed JSON."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import re
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _bench_scripts import ROOT, doc_block, load_script
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_tune", ROOT / "bench" / "tune.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_tune"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-tune = _load_script()
-
-
-def _block(text: str, key: str) -> str:
-    m = re.search(rf"<!-- {re.escape(key)}:start -->\n(.*?)\n<!-- {re.escape(key)}:end -->", text, re.S)
-    assert m, f"block {key} missing"
-    return m.group(1)
+tune = load_script("tune")
 
 
 def test_a_candidate_never_reads_the_test_split(tmp_path, data_root, monkeypatch):
@@ -50,7 +32,7 @@ def test_a_candidate_never_reads_the_test_split(tmp_path, data_root, monkeypatch
     rec = json.loads((tmp_path / "t" / "mnist.b1.cpu" / "T10.json").read_text())
     assert rec["iterations"] == 1 and rec["config"]["inner"]["steps"] == 10
     assert len(rec["val"]["accuracies"]) == 2 and rec["examples"] == 290
-    table = _block(doc.read_text(), "tuning")
+    table = doc_block(doc.read_text(), "tuning")
     assert f"{100 * rec['val']['mean']:.2f}" in table and "`T10`" in table and "`T20`" in table
 
 
@@ -63,5 +45,5 @@ def test_unknown_candidates_are_refused(capsys):
 
 def test_committed_tuning_table_is_the_json():
     assert any(tune.OUT.glob("*/*.json")), "docs/bench/tuning/ holds no candidate: run bench/tune.py"
-    block = _block((ROOT / "docs" / "RESULTS.md").read_text(), "tuning")
+    block = doc_block((ROOT / "docs" / "RESULTS.md").read_text(), "tuning")
     assert block == tune.tuning_markdown().rstrip(), "docs/RESULTS.md is stale: rerun bench/tune.py --render"
