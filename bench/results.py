@@ -166,8 +166,7 @@ class Runner:
                            epochs=epochs or self.protocol.eval_epochs, augment=augment)
 
     def distill_config(self, ds: str, budget: int, kind: str, extra: dict[str, Any] | None = None):
-        cfg = preset_config(self.preset, ds, budget)
-        apply_overrides(cfg, {"memory.kind": kind}, source="results")
+        cfg = preset_config(self.preset, ds, budget, kind=kind)
         extra = dict(extra or {})
         if extra.get("outer.window") == -1:  # half of the (preset's) unroll
             extra["outer.window"] = max(1, cfg.inner.steps // 2)

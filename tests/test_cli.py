@@ -146,3 +146,19 @@ def test_distill_resume_via_cli_and_bad_inputs(data_root, tmp_path, capsys):
     assert main(["distill", "--dataset", "mnist", "--budget-ipc", "0.01", "--root", str(data_root),
                  "--out", str(tmp_path / "x.safetensors"), "--no-progress"]) == 2
     assert "minimum" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, kind, bases", [
+    ([], "bases", 64),
+    (["--memory", "images"], "images", 16),
+    (["--set", "memory.kind=images"], "images", 16),
+    (["--bases", "8"], "bases", 8),
+])
+def test_distill_config_budget10_settings_follow_the_memory_kind(extra, kind, bases):
+    from memdistill.cli import _distill_config, build_parser
+
+    args = build_parser().parse_args(["distill", "--dataset", "mnist", "--budget-ipc", "10",
+                                      "--preset", "cpu-quick", "--out", "m.safetensors", *extra])
+    cfg = _distill_config(args)
+    assert (cfg.memory.kind, cfg.memory.num_bases) == (kind, bases)
+    assert cfg.inner.steps == (40 if kind == "bases" else 10)

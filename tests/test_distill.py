@@ -139,3 +139,30 @@ def test_zca_is_fitted_on_the_distillation_split_and_kept(small_train):
     assert abs(float(x.mean())) < 0.2  # whitened
     with pytest.raises(ConfigError, match="zca"):
         _tiny(zca=-1.0).validate()
+
+
+def test_budget10_settings_apply_to_bases_memories_only():
+    """The budget-10 choice of bench/tune.py (K, T, lr, iterations) reaches `bases`
+    memories at budget >= 10, and nothing else: not budget 1, not `images` memories, not
+    callers that opt out (the continual learner, the tuner)."""
+    from memdistill.config import BUDGET10_SETTINGS
+
+    def key(c):
+        return (c.memory.kind, c.memory.num_bases, c.inner.steps, c.outer.lr, c.outer.iterations)
+
+    b10 = preset_config("cpu-quick", "mnist", 10)
+    assert key(b10) == ("bases", 64, 40, 0.001, 10)
+    assert b10.inner.n_per_class == 20
+    base = preset_config("cpu-quick", "mnist", 1)
+    assert key(base) == ("bases", 16, 10, 0.01, 40)
+    images = preset_config("cpu-quick", "mnist", 10, kind="images")
+    assert key(images) == ("images", 16, 10, 0.01, 40) and images.inner.n_per_class == 20
+    off = preset_config("cpu-quick", "mnist", 10, budget_settings=False)
+    assert key(off)[1:] == key(base)[1:] and off.inner.n_per_class == 20
+    cpu = preset_config("cpu", "mnist", 10)
+    assert (cpu.memory.num_bases, cpu.inner.steps, cpu.outer.lr) == (64, 40, 0.001)
+    assert cpu.outer.iterations == preset_config("cpu", "mnist", 1).outer.iterations
+    assert "paper" not in BUDGET10_SETTINGS
+    assert key(preset_config("paper", "mnist", 10))[1:] == key(preset_config("paper", "mnist", 1))[1:]
+    for settings in BUDGET10_SETTINGS.values():  # every key a real option
+        apply_overrides(DistillConfig(), settings).validate()

@@ -149,9 +149,15 @@ def cmd_evaluate_subset(args: argparse.Namespace) -> int:
 def _distill_config(args: argparse.Namespace):
     from .config import apply_overrides, load_toml, preset_config
 
-    cfg = preset_config(args.preset, args.dataset, args.budget_ipc)
-    if args.config:
-        apply_overrides(cfg, load_toml(args.config), source=str(args.config))
+    toml = load_toml(args.config) if args.config else {}
+    sets = [item.split("=", 1) for item in args.set or [] if "=" in item]
+    # the memory kind first: a preset's budget-10 settings are for ``bases`` memories only
+    kind = args.memory or next((v.strip() for k, v in reversed(sets) if k.strip() == "memory.kind"), None)
+    toml_memory = toml.get("memory")
+    kind = kind or (toml_memory.get("kind") if isinstance(toml_memory, dict) else None) or "bases"
+    cfg = preset_config(args.preset, args.dataset, args.budget_ipc, kind=str(kind))
+    if toml:
+        apply_overrides(cfg, toml, source=str(args.config))
     flags = {
         "memory.kind": args.memory, "memory.num_bases": args.bases, "memory.downsample": args.downsample,
         "memory.learned_labels": args.learned_labels, "inner.steps": args.inner_steps,

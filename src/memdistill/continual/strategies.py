@@ -78,7 +78,7 @@ class StrategyOptions:
         if self.num_bases < 0 or self.downsample < 1:
             raise ConfigError("num_bases must be >= 0 (0: automatic) and downsample >= 1")
         # fail now, not at the first task, on an unknown preset or a bad override
-        cfg = preset_config(self.preset, "mnist", self.budget_ipc)
+        cfg = preset_config(self.preset, "mnist", self.budget_ipc, budget_settings=False)
         apply_overrides(cfg, dict(self.distill_overrides), source="distill_overrides").validate()
 
 
@@ -148,7 +148,7 @@ class MemoryStrategy(Strategy):
 
     def _config(self, index: int, data: ImageDataset):
         o = self.options
-        cfg = preset_config(o.preset, data.name, o.budget_ipc)
+        cfg = preset_config(o.preset, data.name, o.budget_ipc, budget_settings=False)
         overrides: dict[str, Any] = {
             "memory.kind": self.kind,
             "seed": o.seed + index,
