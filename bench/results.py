@@ -433,8 +433,15 @@ def target_rows(cells: dict[str, dict[str, Any]]) -> list[list[str]]:
         frac = c["memory_train_seconds"] / c["whole_protocol_seconds_estimate"]
         gap = whole - c["memory_accuracy"]
         ok = frac < 0.01 and gap <= 0.05
-        rows.append(["mnist budget 10: retrain < 1% of whole-data time, within 5 points",
-                     f"{100 * frac:.2f}% of the time, {100 * gap:.2f} points below", "yes" if ok else "NO"])
+        measured = (f"{c['memory_train_seconds']:.1f} s = {100 * frac:.2f}% of the 300-epoch whole-data "
+                    f"estimate; {100 * gap:.2f} points below the whole-data row "
+                    f"({cells['main.mnist.whole']['protocol']['whole_epochs']} epochs)")
+        if c.get("whole_reached"):
+            measured += f"; whole data reached the memory's accuracy in {c['whole_seconds_to_reach']:.1f} s"
+        sooner = bool(c.get("whole_reached")) and c["whole_seconds_to_reach"] <= c["memory_train_seconds"]
+        met = "NO" if not ok else ("yes against the 300-epoch protocol; NO against time-to-accuracy" if sooner
+                                   else "yes")
+        rows.append(["mnist budget 10: retrain < 1% of whole-data time, within 5 points", measured, met])
     return rows
 
 
