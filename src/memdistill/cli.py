@@ -150,26 +150,30 @@ def _distill_config(args: argparse.Namespace):
     from .config import apply_overrides, load_toml, preset_config
 
     toml = load_toml(args.config) if args.config else {}
-    sets = [item.split("=", 1) for item in args.set or [] if "=" in item]
-    # the memory kind first: a preset's budget-10 settings are for ``bases`` memories only
-    kind = args.memory or next((v.strip() for k, v in reversed(sets) if k.strip() == "memory.kind"), None)
-    toml_memory = toml.get("memory")
-    kind = kind or (toml_memory.get("kind") if isinstance(toml_memory, dict) else None) or "bases"
-    cfg = preset_config(args.preset, args.dataset, args.budget_ipc, kind=str(kind))
-    if toml:
-        apply_overrides(cfg, toml, source=str(args.config))
     flags = {
         "memory.kind": args.memory, "memory.num_bases": args.bases, "memory.downsample": args.downsample,
         "memory.learned_labels": args.learned_labels, "inner.steps": args.inner_steps,
         "outer.iterations": args.iterations, "seed": args.seed, "outer.unroll": args.unroll,
         "outer.window": args.window, "device": args.device,
     }
-    apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, source="command line")
+    sets = []
     for item in args.set or []:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. inner.lr=0.02), got {item!r}")
         key, value = item.split("=", 1)
-        apply_overrides(cfg, {key.strip(): value.strip()}, source="--set")
+        sets.append((key.strip(), value.strip()))
+
+    def build(kind: str):
+        cfg = preset_config(args.preset, args.dataset, args.budget_ipc, kind=kind)
+        apply_overrides(cfg, toml, source=str(args.config))
+        apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, source="command line")
+        for key, value in sets:
+            apply_overrides(cfg, {key: value}, source="--set")
+        return cfg
+
+    cfg = build("bases")
+    if cfg.memory.kind != "bases":  # a preset's budget-10 settings are for ``bases`` memories only
+        cfg = build(cfg.memory.kind)
     cfg.dataset = args.dataset
     cfg.memory.budget_ipc = float(args.budget_ipc)
     return cfg.validate()
