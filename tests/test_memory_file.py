@@ -15,7 +15,7 @@ from memdistill.data.zca import ZCAWhitening, fit_zca
 from memdistill.errors import ConfigError, IntegrityError, MemdistillError, UnknownNameError
 from memdistill.memory import create_memory, list_memories
 from memdistill.memory.file import FORMAT_VERSION, MemoryFile, load_memory, save_memory
-from memdistill.viz import render_grid, render_memory
+from memdistill.viz import export_png, render_grid, render_memory
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["zero", "one", "two/three", "four"]
@@ -267,7 +267,7 @@ def test_every_refusal_is_a_memdistill_error(tmp_path):
 def test_export_png_writes_one_png_per_class_and_bases(tmp_path, kind):
     f = load_memory(_save(tmp_path / "m.safetensors", _memory(kind)))
     out = tmp_path / "png"
-    paths = f.export_png(out)
+    paths = export_png(f, out)
     names = sorted(p.name for p in paths)
     expected = [f"class-{c:03d}-{n}.png" for c, n in enumerate(["zero", "one", "two_three", "four"])]
     assert names == sorted(expected + (["bases.png"] if kind == "bases" else []))

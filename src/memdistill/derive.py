@@ -26,15 +26,13 @@ and, for groups of more than one class, the ``r`` examples recalled by the group
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from ._io import atomic_write_bytes
+from ._container import FileFormat, TensorSpec, check_tensors, read_container, write_container
 from .errors import ConfigError, IntegrityError
 from .labels import label_space_of
 from .queries import group_query, resolve_class
@@ -53,6 +51,7 @@ __all__ = [
 ]
 
 DERIVED_FORMAT = "memdistill-derived"
+DERIVED_FILE = FileFormat(DERIVED_FORMAT, 1, "derived training set")
 
 # named task -> groups of class names (None: from the dataset, see parse_task)
 NAMED_TASKS: dict[str, Any] = {
@@ -313,47 +312,59 @@ def save_derived(path: str | Path, derived: DerivedSet, mem_file) -> Path:
     """Write a derived training set as one ``.safetensors`` file, atomically.
 
     Tensors ``images`` ``(N, C, H, W)`` float32 (the memory's normalised space) and
-    ``labels`` ``(N,)`` int64; metadata key ``memdistill`` (JSON): format
-    ``memdistill-derived``, the task, the new class names, the source memory's dataset,
+    ``labels`` ``(N,)`` int64, in the container of the memory file (format
+    ``memdistill-derived``, library version, date; see :mod:`memdistill._container`);
+    the JSON document holds the task, the new class names, the source memory's dataset,
     mean/std and whether it was ZCA-whitened (pixels: ``x * std + mean`` after undoing
-    the ZCA of the source memory)."""
-    from safetensors.torch import save as serialize
+    the ZCA of the source memory).
 
+    Raises:
+        ConfigError: ``path`` is not a ``.safetensors`` file, the images are not
+            ``(N, C, H, W)`` with one label each, or they hold NaN/Inf (nothing written).
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ConfigError(f"the derived training set is written as .safetensors, got {path}")
-    meta = {"format": DERIVED_FORMAT, "format_version": 1, "task": derived.task.as_dict(),
-            "classes": list(derived.task.names), "source": str(mem_file.path) if mem_file.path else None,
-            "dataset": mem_file.dataset, "mean": list(mem_file.mean), "std": list(mem_file.std),
-            "zca": mem_file.zca is not None, **derived.meta}
-    data = serialize({"images": derived.images.detach().float().contiguous().cpu(),
-                      "labels": derived.labels.long().contiguous().cpu()},
-                     metadata={"memdistill": json.dumps(meta)})
-    return atomic_write_bytes(path, data)
+    x, y = derived.images, derived.labels
+    if x.ndim != 4 or tuple(y.shape) != (x.shape[0],):
+        raise ConfigError(f"a derived set needs images (N, C, H, W) and labels (N,), got {tuple(x.shape)} and "
+                          f"{tuple(y.shape)}")
+    meta = {"task": derived.task.as_dict(), "classes": list(derived.task.names),
+            "source": str(mem_file.path) if mem_file.path else None, "dataset": mem_file.dataset,
+            "mean": list(mem_file.mean), "std": list(mem_file.std), "zca": mem_file.zca is not None,
+            **derived.meta}
+    return write_container(path, {"images": x.float(), "labels": y.long()}, meta, DERIVED_FILE)
 
 
 def load_derived(path: str | Path) -> DerivedSet:
-    """Read a file written by :func:`save_derived`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
+    """Read a file written by :func:`save_derived` (files from before the shared
+    container, without ``library_version`` and ``created``, read the same).
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"derived training set not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {}).get("memdistill", "null"))
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not a dict
-    except (SafetensorError, ValueError, OSError) as exc:
-        raise IntegrityError(f"{path} is not a readable safetensors file ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != DERIVED_FORMAT or set(tensors) != {"images", "labels"}:
-        raise IntegrityError(f"{path} is not a memdistill derived training set")
-    t = meta["task"]
-    task = DerivedTask(t["spec"], t["kind"], tuple(t["names"]), tuple(tuple(m) for m in t["members"]),
-                       int(t["num_original"]))
+    Raises:
+        ConfigError: the file does not exist.
+        IntegrityError: not a derived training set, a newer format, an invalid task,
+            tensors of the wrong dtype or shape, NaN/Inf images, or labels out of range.
+    """
+    stored = read_container(path, DERIVED_FILE)
+    path, meta = stored.path, stored.meta
+    task = _task_from_meta(meta.get("task"), path)
+    tensors = stored.tensors()
+    check_tensors(path, tensors, {"images": TensorSpec(torch.float32, role="images"),
+                                  "labels": TensorSpec(torch.int64, role="labels")})
     x, y = tensors["images"], tensors["labels"]
-    if x.ndim != 4 or y.shape != (x.shape[0],) or not math.isfinite(float(x.abs().sum())):
+    if x.ndim != 4 or y.shape != (x.shape[0],):
         raise IntegrityError(f"{path}: images {tuple(x.shape)} and labels {tuple(y.shape)} do not match")
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= task.num_classes):
         raise IntegrityError(f"{path}: labels outside 0..{task.num_classes - 1}")
     return DerivedSet(x, y, task, {k: v for k, v in meta.items() if k not in ("task",)})
+
+
+def _task_from_meta(t: Any, path: Path) -> DerivedTask:
+    try:
+        task = DerivedTask(str(t["spec"]), str(t["kind"]), tuple(str(n) for n in t["names"]),
+                           tuple(tuple(int(i) for i in m) for m in t["members"]), int(t["num_original"]))
+    except (TypeError, KeyError, ValueError):
+        raise IntegrityError(f"{path}: invalid memdistill metadata: the task is malformed") from None
+    if len(task.members) != task.num_classes or any(not 0 <= i < task.num_original for m in task.members for i in m):
+        raise IntegrityError(f"{path}: invalid memdistill metadata: the task's groups do not fit its classes")
+    return task

@@ -21,7 +21,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from .memory.file import MemoryFile
 
-__all__ = ["render_grid", "render_memory", "bases_for_display"]
+__all__ = ["render_grid", "render_memory", "bases_for_display", "export_png"]
 
 _PAD = 1  # pixels between tiles
 
@@ -99,6 +99,24 @@ def bases_for_display(mem_file: "MemoryFile") -> torch.Tensor | None:
     return scaled.float()
 
 
+def export_png(mem_file: "MemoryFile", folder: str | Path) -> list[Path]:
+    """Write one PNG per class of ``mem_file`` (its recalled examples in pixel space,
+    ``class-<index>-<name>.png``) and, when the memory has bases, ``bases.png`` (each
+    basis scaled to its own range) into ``folder``. Returns the paths written."""
+    folder = Path(folder)
+    written = []
+    bases = bases_for_display(mem_file)
+    if bases is not None:
+        written.append(render_grid(bases, min(len(bases), 8), folder / "bases.png",
+                                   title=f"{len(bases)} bases ({mem_file.dataset})"))
+    for c, name in enumerate(mem_file.classes):
+        x, _ = mem_file.recall(classes=[c])
+        written.append(render_grid(mem_file.to_pixels(x), min(mem_file.slots, 10),
+                                   folder / f"class-{c:03d}-{_file_safe(name)}.png",
+                                   title=f"class {c}: {name} ({mem_file.slots} recalled)"))
+    return written
+
+
 # ----------------------------------------------------------------------------- helpers
 def _check_images(images: torch.Tensor) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
@@ -161,3 +179,8 @@ def _write(fig, path: str | Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def _file_safe(name: str) -> str:
+    out = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in name)
+    return out.strip("_")[:40] or "class"

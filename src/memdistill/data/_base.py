@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from ..errors import ConfigError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .zca import ZCAWhitening
+__all__ = ["ImageDataset", "Whitening", "train_val_split"]
 
-__all__ = ["ImageDataset", "train_val_split"]
+
+class Whitening(Protocol):
+    """What a dataset needs of a whitening transform (:class:`~memdistill.data.ZCAWhitening`
+    is the one the library fits); declared here so the dataset type depends on no
+    particular transform."""
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised ``(..., C, H, W)`` images to whitened ones, same shape."""
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        """Undo :meth:`transform`."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,7 +53,7 @@ class ImageDataset:
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    zca: "ZCAWhitening | None" = None
+    zca: Whitening | None = None
     extra_labels: dict[str, torch.Tensor] = field(default_factory=dict)
     extra_classes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -128,7 +137,7 @@ class ImageDataset:
             extra_labels={k: v[indices] for k, v in self.extra_labels.items()},
         )
 
-    def with_zca(self, zca: "ZCAWhitening | None") -> "ImageDataset":
+    def with_zca(self, zca: Whitening | None) -> "ImageDataset":
         return dataclasses.replace(self, zca=zca)
 
     def with_labels(self, labelling: str) -> "ImageDataset":

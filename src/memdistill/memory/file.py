@@ -8,23 +8,21 @@ Layout (format ``memdistill-memory``, version 1):
 - metadata key ``memdistill``: one JSON document (kind, options, shapes, tensor
   manifest, dataset, class names, mean/std, budget figures, config, metrics, date).
 
-Reading parses only the safetensors header (JSON) and raw tensor bytes: nothing in a
-file is ever executed or unpickled.
+The container (format header, JSON and finiteness checks, atomic write, header-only
+reading: nothing in a file is ever executed or unpickled) is shared with derived
+training sets, see :mod:`memdistill._container`. Pictures of a memory are drawn by
+:mod:`memdistill.viz`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import struct
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._io import atomic_write_bytes
+from .._container import FileFormat, TensorSpec, check_tensors, jsonable, read_container, write_container
 from ..data.zca import ZCAWhitening
 from ..errors import ConfigError, IntegrityError, UnknownNameError
 from ._base import MEMORIES, Memory
@@ -33,10 +31,9 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "MemoryFile", "load_memory", "save_memory
 
 FORMAT = "memdistill-memory"
 FORMAT_VERSION = 1
-_META_KEY = "memdistill"
+MEMORY_FORMAT = FileFormat(FORMAT, FORMAT_VERSION, "memory file")
 _MEMORY_PREFIX = "memory."
 _ZCA_PREFIX = "zca."
-_MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
 
 
 # ----------------------------------------------------------------------------- saving
@@ -76,12 +73,9 @@ def save_memory(
             memory. Nothing is written then and any file already at ``path`` is kept.
     """
     path = Path(path)
-    from .. import __version__  # the package sets it before importing submodules
-
     if not isinstance(memory, Memory) or not memory.kind:
         raise ConfigError(f"save_memory needs a registered Memory, got {type(memory).__name__}")
-    image_shape = tuple(memory.image_shape)
-    c = image_shape[0]
+    c = memory.image_shape[0]
     classes = [str(name) for name in classes]
     if len(classes) != memory.num_classes:
         raise ConfigError(
@@ -92,37 +86,12 @@ def save_memory(
         raise ConfigError(f"std must be > 0 for every channel, got {std_l}")
     if train_size is not None and (isinstance(train_size, bool) or int(train_size) != train_size or train_size < 1):
         raise ConfigError(f"train_size must be a positive integer, got {train_size!r}")
-
-    tensors: dict[str, torch.Tensor] = {}
-    for name in memory.names:
-        t = memory.tensors[name].detach()
-        if not t.is_floating_point():
-            raise ConfigError(f"memory tensor {name!r} must be floating point, got {t.dtype}")
-        t = t.to(device="cpu", dtype=torch.float32)
-        if not bool(torch.isfinite(t).all()):
-            raise ConfigError(
-                f"memory tensor {name!r} contains NaN or Inf; refusing to save it to {path} "
-                "(any file already there is left untouched). Lower the outer learning rate or "
-                "clip gradients, and save the last finite memory."
-            )
-        tensors[_MEMORY_PREFIX + name] = t.contiguous().clone()
-    if zca is not None:
-        if tuple(zca.image_shape) != image_shape:
-            raise ConfigError(f"the ZCA is fitted for images {zca.image_shape}, the memory holds {image_shape}")
-        for name, t in zca.state_dict().items():
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise ConfigError(f"ZCA tensor {name!r} contains NaN or Inf; refusing to save")
-            tensors[_ZCA_PREFIX + name] = t.contiguous()
-
+    tensors = _stored_tensors(memory, zca, path)
     report = memory.report(train_size).as_dict()
     meta: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "library_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kind": memory.kind,
         "options": memory.options(),
-        "image_shape": list(image_shape),
+        "image_shape": list(memory.image_shape),
         "num_classes": memory.num_classes,
         "slots": memory.slots,
         "tensors": {name: list(memory.tensors[name].shape) for name in memory.names},
@@ -138,21 +107,34 @@ def save_memory(
         "metrics": metrics,
         "extra": extra,
     }
-    meta = _jsonable(meta, "")
+    return write_container(path, tensors, meta, MEMORY_FORMAT, size_field=("budget", "bytes_on_disk"))
 
-    from safetensors.torch import save as serialize
 
-    # bytes_on_disk is part of the header it measures: iterate to the fixed point. The
-    # length depends only on the number of digits, which can only grow, so this ends.
-    data = b""
-    for _ in range(8):
-        meta["budget"]["bytes_on_disk"] = len(data) or int(report["bytes_on_disk"])
-        data = serialize(tensors, metadata={_META_KEY: json.dumps(meta, allow_nan=False)})
-        if len(data) == meta["budget"]["bytes_on_disk"]:
-            break
-    else:  # pragma: no cover - cannot happen, see above
-        raise ConfigError("could not settle the file size recorded in the header")
-    return atomic_write_bytes(path, data)
+def _stored_tensors(memory: Memory, zca: ZCAWhitening | None, path: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors: ``memory.<name>`` as float32 and ``zca.<name>``, all finite."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name in memory.names:
+        t = memory.tensors[name].detach()
+        if not t.is_floating_point():
+            raise ConfigError(f"memory tensor {name!r} must be floating point, got {t.dtype}")
+        t = t.to(device="cpu", dtype=torch.float32)
+        if not bool(torch.isfinite(t).all()):
+            raise ConfigError(
+                f"memory tensor {name!r} contains NaN or Inf; refusing to save it to {path} "
+                "(any file already there is left untouched). Lower the outer learning rate or "
+                "clip gradients, and save the last finite memory."
+            )
+        tensors[_MEMORY_PREFIX + name] = t.contiguous().clone()
+    if zca is not None:
+        if tuple(zca.image_shape) != tuple(memory.image_shape):
+            raise ConfigError(
+                f"the ZCA is fitted for images {zca.image_shape}, the memory holds {tuple(memory.image_shape)}"
+            )
+        for name, t in zca.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ConfigError(f"ZCA tensor {name!r} contains NaN or Inf; refusing to save")
+            tensors[_ZCA_PREFIX + name] = t.contiguous()
+    return tensors
 
 
 def _channel_stats(values, what: str, channels: int) -> list[float]:
@@ -165,33 +147,6 @@ def _channel_stats(values, what: str, channels: int) -> list[float]:
     return out
 
 
-def _jsonable(obj: Any, where: str) -> Any:
-    """A JSON-compatible copy of ``obj``; non-finite floats become ``null``."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v, f"{where}.{k}" if where else str(k)) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if isinstance(obj, (set, frozenset)):
-        return [_jsonable(v, where) for v in sorted(obj, key=str)]
-    if isinstance(obj, Path):
-        return str(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj), where)
-    if isinstance(obj, (torch.dtype, torch.device)):
-        return str(obj)
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-        return _jsonable(obj.item(), where)
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", None) == 0:  # numpy scalars
-        return _jsonable(obj.item(), where)
-    raise ConfigError(f"{where or 'the value'} holds a {type(obj).__name__}, which cannot be stored as JSON")
-
-
 # ---------------------------------------------------------------------------- loading
 def load_memory(path: str | Path) -> "MemoryFile":
     """Read a memory file written by :func:`save_memory`.
@@ -202,30 +157,8 @@ def load_memory(path: str | Path) -> "MemoryFile":
             a newer memdistill, or tensors missing / of the wrong shape.
         UnknownNameError: the memory kind is not known to this memdistill (lists valid kinds).
     """
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"memory file not found: {path}")
-    if path.is_dir():
-        raise ConfigError(f"{path} is a directory, not a memory file")
-    data = path.read_bytes()
-    header = _read_header(data, path)
-    raw = header.get("__metadata__") or {}
-    if not isinstance(raw, dict) or _META_KEY not in raw:
-        raise IntegrityError(f"{path} is not a memdistill memory file (a safetensors file without our metadata)")
-    try:
-        meta = json.loads(raw[_META_KEY])
-    except (TypeError, ValueError) as err:
-        raise IntegrityError(f"{path}: the memdistill metadata is not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise IntegrityError(f"{path} is not a memdistill memory file (format {_get(meta, 'format')!r})")
-    version = meta.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise IntegrityError(f"{path}: invalid format_version {version!r}")
-    if version > FORMAT_VERSION:
-        raise IntegrityError(
-            f"{path} was written by a newer memdistill ({meta.get('library_version', '?')}, format_version "
-            f"{version}; this one reads up to {FORMAT_VERSION}); upgrade memdistill to read it"
-        )
+    stored = read_container(path, MEMORY_FORMAT)
+    path, meta = stored.path, stored.meta
     kind = meta.get("kind")
     try:
         cls = MEMORIES.get(str(kind))
@@ -233,60 +166,18 @@ def load_memory(path: str | Path) -> "MemoryFile":
         raise UnknownNameError(f"{path} holds a memory of an unknown kind: {err}") from None
     image_shape, num_classes, slots = _check_meta(meta, path)
 
-    from safetensors.torch import load as deserialize
-
-    try:
-        stored = deserialize(data)
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
-        raise IntegrityError(f"{path} is corrupt: {err}") from None
-
-    manifest = meta["tensors"]
-    tensors = {k[len(_MEMORY_PREFIX):]: v for k, v in stored.items() if k.startswith(_MEMORY_PREFIX)}
-    zca_state = {k[len(_ZCA_PREFIX):]: v for k, v in stored.items() if k.startswith(_ZCA_PREFIX)}
-    stray = sorted(k for k in stored if not k.startswith((_MEMORY_PREFIX, _ZCA_PREFIX)))
-    missing = sorted(set(manifest) - set(tensors))
-    unexpected = sorted(set(tensors) - set(manifest)) + stray
-    if missing or unexpected:
-        raise IntegrityError(
-            f"{path}: the tensors do not match the metadata; missing: {', '.join(missing) or 'none'}; "
-            f"unexpected: {', '.join(unexpected) or 'none'}"
-        )
-    for name, t in tensors.items():
-        want = manifest[name]
-        if list(t.shape) != want:
-            raise IntegrityError(
-                f"{path}: tensor {name!r} has shape {tuple(t.shape)}, the metadata says {tuple(want)}"
-            )
-        if t.dtype != torch.float32:
-            raise IntegrityError(f"{path}: tensor {name!r} is {t.dtype}, memory tensors are float32")
-        if not bool(torch.isfinite(t).all()):
-            raise IntegrityError(f"{path}: tensor {name!r} contains NaN or Inf")
+    everything = stored.tensors()
+    tensors = {k[len(_MEMORY_PREFIX):]: v for k, v in everything.items() if k.startswith(_MEMORY_PREFIX)}
+    zca_state = {k[len(_ZCA_PREFIX):]: v for k, v in everything.items() if k.startswith(_ZCA_PREFIX)}
+    stray = [k for k in everything if not k.startswith((_MEMORY_PREFIX, _ZCA_PREFIX))]
+    expected = {name: TensorSpec(torch.float32, tuple(shape), "memory tensors")
+                for name, shape in meta["tensors"].items()}
+    check_tensors(path, tensors, expected, unexpected=stray)
 
     memory = cls(tensors, image_shape, num_classes, slots)
     _probe(memory, meta, path)
     zca = _load_zca(zca_state, meta, image_shape, path)
     return MemoryFile(memory, meta, zca=zca, path=path)
-
-
-def _read_header(data: bytes, path: Path) -> dict:
-    """The JSON header of a safetensors file (8-byte little-endian length, then JSON)."""
-    not_st = f"{path} is not a safetensors file"
-    if len(data) < 8:
-        raise IntegrityError(f"{not_st} (only {len(data)} bytes)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > min(_MAX_HEADER, len(data) - 8):
-        raise IntegrityError(f"{not_st} (bad header length)")
-    try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise IntegrityError(f"{not_st} (the header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise IntegrityError(f"{not_st} (the header is not a JSON object)")
-    return header
-
-
-def _get(meta: Any, key: str) -> Any:
-    return meta.get(key) if isinstance(meta, dict) else None
 
 
 def _is_int(v: Any, low: int = 1) -> bool:
@@ -343,7 +234,7 @@ def _probe(memory: Memory, meta: dict, path: Path) -> None:
             f"{path}: the tensors do not fit image_shape {shape}, {L} classes and {r} slots "
             f"(recall gave {tuple(x.shape)}, a query {tuple(xq.shape)}, targets {tuple(y.shape)})"
         )
-    if _jsonable(options, "options") != meta["options"]:
+    if jsonable(options, "options") != meta["options"]:
         raise IntegrityError(f"{path}: the tensors give options {options}, the metadata says {meta['options']}")
 
 
@@ -436,31 +327,8 @@ class MemoryFile:
             "created": self.meta.get("created"),
         }
 
-    def export_png(self, folder: str | Path) -> list[Path]:
-        """Write one PNG per class (its recalled examples in pixel space) and, when the
-        memory has bases, ``bases.png`` (each basis scaled to its own range). Returns
-        the paths written."""
-        from ..viz import bases_for_display, render_grid
-
-        folder = Path(folder)
-        written = []
-        bases = bases_for_display(self)
-        if bases is not None:
-            written.append(render_grid(bases, min(len(bases), 8), folder / "bases.png",
-                                       title=f"{len(bases)} bases ({self.dataset})"))
-        for c, name in enumerate(self.classes):
-            x, _ = self.recall(classes=[c])
-            written.append(render_grid(self.to_pixels(x), min(self.slots, 10),
-                                       folder / f"class-{c:03d}-{_file_safe(name)}.png",
-                                       title=f"class {c}: {name} ({self.slots} recalled)"))
-        return written
-
     def __repr__(self) -> str:
         return (f"MemoryFile(kind={self.kind!r}, dataset={self.dataset!r}, classes={self.num_classes}, "
                 f"slots={self.slots}, image_shape={self.image_shape}, floats={self.memory.floats_stored()}, "
                 f"zca={self.zca is not None})")
 
-
-def _file_safe(name: str) -> str:
-    out = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in name)
-    return out.strip("_")[:40] or "class"
