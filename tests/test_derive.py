@@ -245,3 +245,72 @@ def test_coarse_label_space_and_task_from_a_dataset_with_coarse_labels():
                        extra_classes={"coarse": ("fruit", "tree")})
     with pytest.raises(ConfigError, match="class 'pear' maps to 2 coarse labels"):
         create_label_space("coarse", bad.classes, dataset=bad)
+
+
+# ------------------------------------------------ the derived file shares the memory file's container
+def _toy_memory_file(tmp_path):
+    from memdistill.memory import create_memory
+
+    mem = create_memory("images", (1, 4, 4), 4, 2, generator=torch.Generator().manual_seed(0), init="random")
+    path = save_memory(tmp_path / "m.safetensors", mem, dataset="toy", classes=list("0123"), mean=[0.5], std=[0.25])
+    return load_memory(path)
+
+
+def test_derived_file_has_the_memory_file_header_and_checks(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from memdistill import __version__
+
+    mf = _toy_memory_file(tmp_path)
+    d = derive_training_set(mf, parse_task("groups:0,1/2,3", mf.classes))
+    path = save_derived(tmp_path / "d.safetensors", d, mf)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["memdistill"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    assert meta["format"] == "memdistill-derived" and meta["format_version"] == 1
+    assert meta["library_version"] == __version__ and meta["created"]
+
+    # NaN images are refused at save time; the previous file is kept, no temp files left
+    good = path.read_bytes()
+    bad = type(d)(d.images.clone(), d.labels, d.task, d.meta)
+    bad.images[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ConfigError, match="'images' contains NaN or Inf; refusing"):
+        save_derived(path, bad, mf)
+    assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["d.safetensors", "m.safetensors"]
+
+    def write(name, tensors, meta):
+        save_file(tensors, str(tmp_path / name), metadata={"memdistill": json.dumps(meta)})
+        return tmp_path / name
+
+    newer = write("newer.safetensors", tensors, dict(meta, format_version=2))
+    with pytest.raises(IntegrityError, match="written by a newer memdistill.*upgrade"):
+        load_derived(newer)
+    floats = write("float-labels.safetensors", dict(tensors, labels=tensors["labels"].float()), meta)
+    with pytest.raises(IntegrityError, match="tensor 'labels' is torch.float32, labels are int64"):
+        load_derived(floats)
+    nan = tensors["images"].clone()
+    nan[0, 0, 0, 0] = float("inf")
+    with pytest.raises(IntegrityError, match="'images' contains NaN or Inf"):
+        load_derived(write("inf.safetensors", dict(tensors, images=nan), meta))
+    with pytest.raises(IntegrityError, match="the task is malformed"):
+        load_derived(write("task.safetensors", tensors, dict(meta, task={"spec": "x"})))
+    with pytest.raises(IntegrityError, match="not a memdistill memory file"):
+        load_memory(path)
+
+
+def test_derived_file_written_before_the_shared_container_still_loads(tmp_path):
+    """save_derived used to write no library_version/created; such files still load."""
+    from safetensors.torch import save_file
+
+    task = parse_task("subset:0,2", DIGITS)
+    images = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 0, 1, 1])
+    old_meta = {"format": "memdistill-derived", "format_version": 1, "task": task.as_dict(),
+                "classes": list(task.names), "source": None, "dataset": "toy", "mean": [0.5], "std": [0.25],
+                "zca": False, "group_queries": True, "examples": 4}
+    save_file({"images": images, "labels": labels}, str(tmp_path / "old.safetensors"),
+              metadata={"memdistill": json.dumps(old_meta)})
+    back = load_derived(tmp_path / "old.safetensors")
+    assert back.task == task and back.labels.tolist() == [0, 0, 1, 1] and torch.equal(back.images, images)
+    assert back.meta["dataset"] == "toy" and back.meta["examples"] == 4

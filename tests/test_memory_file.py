@@ -295,3 +295,33 @@ def test_render_grid_grayscale_and_checks(tmp_path):
     with pytest.raises(ConfigError, match=r"\(N, C, H, W\)"):
         render_grid(torch.rand(6, 6), 3, tmp_path / "h.png")
     assert not (tmp_path / "h.png").exists()
+
+
+# --------------------------------------------------------------------------- layering
+def _imported_modules(module) -> set[str]:
+    """Absolute names of the memdistill modules ``module``'s source imports (lazy and
+    type-checking-only imports included)."""
+    import ast
+    import inspect
+
+    package = module.__name__.rsplit(".", 1)[0].split(".")
+    found = set()
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            found |= {target} if node.module else {f"{target}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {name for name in found if name.split(".")[0] == "memdistill"}
+
+
+def test_file_format_imports_neither_the_package_root_nor_rendering():
+    import memdistill._container as container
+    import memdistill.memory.file as file_module
+
+    for module in (file_module, container):
+        imported = _imported_modules(module)
+        assert "memdistill" not in imported and "memdistill.__version__" not in imported, imported
+        assert not any(name.startswith("memdistill.viz") for name in imported), imported
+    assert "memdistill._container" in _imported_modules(file_module)
