@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
-from .._version import __version__
 from ..errors import ConfigError
 from ._options import Command, data_options, device_option, progress_option
-from ._run import resolve_device as _device
+from ._run import resolve_device as _device, run_header
 
 
 def add_arguments(cl: argparse.ArgumentParser) -> None:
@@ -75,9 +72,8 @@ def cmd_continual(args: argparse.Namespace) -> int:
     stem = f"continual_{bench.name.replace(':', '_').replace(',', '+')}_ipc{args.budget_ipc:g}"
     out = Path(args.out) if args.out else Path("outputs") / f"{stem}.json"
     png = Path(args.plot) if args.plot else out.with_suffix(".png")
-    meta = {"command": "continual", "argv": sys.argv[1:], "version": __version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": describe_machine(), "benchmark": bench.name, "description": bench.description,
+    meta = {**run_header("continual", machine=describe_machine()),
+            "benchmark": bench.name, "description": bench.description,
             "budget_ipc": args.budget_ipc, "preset": args.preset, "distill_overrides": overrides,
             "learner": vars(learner).copy(),
             "options": {k: v for k, v in vars(options).items() if k != "progress"}}
