@@ -14,39 +14,43 @@ from typing import Callable, Sequence
 __all__ = ["Command", "data_options", "device_option", "progress_option", "collective_option"]
 
 
-def _parent() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(add_help=False)
+COMMON = "common options"  # the help lists the shared options under this title, after the command's own
+
+
+def _parent() -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
+    p = argparse.ArgumentParser(add_help=False)
+    return p, p.add_argument_group(COMMON)
 
 
 def data_options(download: bool = True) -> argparse.ArgumentParser:
     """``--root`` (where datasets live) and, for commands that read data, ``--download``."""
-    p = _parent()
-    p.add_argument("--root", help="data folder (default: $MEMDISTILL_DATA, then ./data)")
+    p, g = _parent()
+    g.add_argument("--root", help="data folder (default: $MEMDISTILL_DATA, then ./data)")
     if download:
-        p.add_argument("--download", action="store_true", help="fetch missing files from official mirrors")
+        g.add_argument("--download", action="store_true", help="fetch missing files from official mirrors")
     return p
 
 
 def device_option(default: str | None) -> argparse.ArgumentParser:
     """``--device``; ``default=None`` leaves the choice to the run's configuration."""
-    p = _parent()
+    p, g = _parent()
     shown = "the configuration's device" if default is None else default
-    p.add_argument("--device", default=default, help=f"cpu | cuda | cuda:N | auto (default: {shown})")
+    g.add_argument("--device", default=default, help=f"cpu | cuda | cuda:N | auto (default: {shown})")
     return p
 
 
 def progress_option() -> argparse.ArgumentParser:
     """``--no-progress``, for every long-running command."""
-    p = _parent()
-    p.add_argument("--no-progress", action="store_true",
+    p, g = _parent()
+    g.add_argument("--no-progress", action="store_true",
                    help="no progress display (a bar on a terminal, a line every 30 s in a log otherwise)")
     return p
 
 
 def collective_option() -> argparse.ArgumentParser:
     """``--collective-timeout``, for commands that join a torchrun process group."""
-    p = _parent()
-    p.add_argument("--collective-timeout", type=float, default=1800.0, metavar="SECONDS",
+    p, g = _parent()
+    g.add_argument("--collective-timeout", type=float, default=1800.0, metavar="SECONDS",
                    help="under torchrun: how long a rank waits for the others before failing (default 1800)")
     return p
 
