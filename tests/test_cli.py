@@ -162,3 +162,93 @@ def test_distill_config_budget10_settings_follow_the_memory_kind(extra, kind, ba
     cfg = _distill_config(args)
     assert (cfg.memory.kind, cfg.memory.num_bases) == (kind, bases)
     assert cfg.inner.steps == (40 if kind == "bases" else 10)
+
+
+# the required arguments of each command, so that its parser accepts the line
+REQUIRED = {
+    "datasets": [],
+    "evaluate-subset": ["--dataset", "mnist"],
+    "distill": ["--dataset", "mnist", "--budget-ipc", "1", "--out", "m.safetensors"],
+    "evaluate": ["m.safetensors"],
+    "info": ["m.safetensors"],
+    "show": ["m.safetensors"],
+    "derive": ["m.safetensors", "--task", "odd-even", "--out", "d.safetensors"],
+    "continual": ["--benchmark", "split-mnist"],
+}
+READS_DATA = {"datasets", "evaluate-subset", "distill", "evaluate", "derive", "continual"}
+DOWNLOADS = {"evaluate-subset", "distill", "evaluate", "derive"}
+LONG_RUNNING = {"evaluate-subset", "distill", "evaluate", "derive", "continual"}
+JOINS_TORCHRUN = {"evaluate-subset", "distill", "evaluate"}
+DEVICE_DEFAULT = {"evaluate-subset": "cpu", "distill": None, "evaluate": "cpu", "derive": "cpu", "continual": "cpu"}
+
+
+@pytest.mark.parametrize("command", list(REQUIRED))
+def test_shared_options_are_offered_on_every_command_where_they_make_sense(command, capsys):
+    from memdistill.cli import build_parser
+
+    def parse(*extra):
+        try:
+            return build_parser().parse_args([command, *REQUIRED[command], *extra])
+        except SystemExit:  # argparse refuses an option the command does not take
+            return None
+
+    assert parse() is not None
+    assert (parse("--root", "/data") is not None) == (command in READS_DATA)
+    assert (parse("--download") is not None) == (command in DOWNLOADS)
+    assert (parse("--device", "cuda") is not None) == (command in DEVICE_DEFAULT)
+    if command in DEVICE_DEFAULT:
+        assert parse().device == DEVICE_DEFAULT[command]  # distill: None, so the configuration's device applies
+    progress = parse("--no-progress")
+    assert (progress is not None) == (command in LONG_RUNNING)
+    if progress is not None:
+        assert progress.no_progress is True and parse().no_progress is False
+    timeout = parse("--collective-timeout", "60")
+    assert (timeout is not None) == (command in JOINS_TORCHRUN)
+    if timeout is not None:
+        assert timeout.collective_timeout == 60.0 and parse().collective_timeout == 1800.0
+
+
+def test_every_command_has_help_and_no_command_prints_usage(capsys):
+    for command in REQUIRED:
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--help"])
+        assert exc.value.code == 0
+        assert f"usage: memdistill {command}" in capsys.readouterr().out
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_run_records_share_one_header(data_root, tmp_path, capsys):
+    import memdistill
+
+    header = {"command", "argv", "version", "date", "machine"}
+    out = tmp_path / "h.mem.safetensors"
+    assert main(_distill_args(data_root, out)) == 0
+    ev = tmp_path / "h.eval.json"
+    assert main(["evaluate", str(out), "--runs", "1", "--epochs", "1", "--width", "8", "--root", str(data_root),
+                 "--out", str(ev), "--no-progress"]) == 0
+    rec = json.loads(ev.read_text())
+    assert header <= set(rec) and rec["command"] == "evaluate" and rec["version"] == memdistill.__version__
+    assert rec["machine"]["device"] == "cpu" and rec["machine"]["processes"] == 1 and "torch" in rec["machine"]
+    assert isinstance(rec["argv"], list) and rec["date"].endswith("+00:00")
+    sub = tmp_path / "s.json"
+    assert main(["evaluate-subset", "--dataset", "mnist", "--ipc", "1", "--root", str(data_root),
+                 "--out", str(sub), *FAST]) == 0
+    rec_sub = json.loads(sub.read_text())
+    assert list(rec_sub)[:5] == list(rec)[:5] == ["command", "argv", "version", "date", "machine"]
+    assert set(rec_sub["machine"]) == set(rec["machine"])
+    derived = tmp_path / "d.safetensors"
+    assert main(["derive", str(out), "--task", "odd-even", "--out", str(derived), "--no-real", "--epochs", "1",
+                 "--width", "8", "--root", str(data_root), "--no-progress"]) == 0
+    rec_derive = json.loads(derived.with_suffix(".json").read_text())
+    assert rec_derive["command"] == "derive" and rec_derive["machine"]["device"] == "cpu"
+    assert "processes" not in rec_derive["machine"]  # derive runs in one process, as before
+
+
+def test_continual_record_has_the_same_header(data_root, tmp_path):
+    out = tmp_path / "c.json"
+    assert main(["continual", "--benchmark", "split-mnist", "--strategy", "finetune", "--steps", "1", "--width", "8",
+                 "--test-per-class", "5", "--root", str(data_root), "--out", str(out), "--no-progress"]) == 0
+    rec = json.loads(out.read_text())
+    assert list(rec)[:5] == ["command", "argv", "version", "date", "machine"] and rec["command"] == "continual"
+    assert isinstance(rec["machine"], str) and "torch" in rec["machine"]  # the line continual tables print

@@ -3,8 +3,7 @@
 The public API; everything not listed in ``__all__`` is private.
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .augment import create_augmentation, list_augmentations
 from .config import DistillConfig, preset_config
 from .distill import Distiller

@@ -1,0 +1,124 @@
+"""``memdistill distill``: distill a dataset into a memory file."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from .._io import atomic_write_json
+from ..errors import ConfigError
+from ._options import Command, collective_option, data_options, device_option, progress_option
+from ._run import join, rank0_first, table
+
+
+def add_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--budget-ipc", type=float, required=True, help="storage budget in images per class")
+    s.add_argument("--preset", default="cpu-quick", help="cpu-quick | cpu | paper (default cpu-quick)")
+    s.add_argument("--memory", help="bases | images")
+    s.add_argument("--bases", type=int, help="number of bases K")
+    s.add_argument("--downsample", type=int, help="bases stored at H/ds x W/ds")
+    s.add_argument("--learned-labels", action="store_const", const=True, help="learn soft labels too")
+    s.add_argument("--inner-steps", type=int, help="inner training steps T")
+    s.add_argument("--iterations", type=int, help="outer iterations")
+    s.add_argument("--unroll", help="checkpointed | full")
+    s.add_argument("--window", type=int, help="back-propagate through the last W inner steps")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--config", help="TOML file with any option of the run (see docs/CONFIG.md)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any option, e.g. inner.lr=0.02")
+    s.add_argument("--resume", action="store_true", help="continue from the checkpoint next to --out")
+    s.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop after the iteration that passes this wall time, writing the checkpoint and the "
+                        "memory so far (--resume continues)")
+    s.add_argument("--out", required=True, help="memory file to write (.safetensors)")
+
+
+def _distill_config(args: argparse.Namespace):
+    from ..config import apply_overrides, load_toml, preset_config
+
+    toml = load_toml(args.config) if args.config else {}
+    flags = {
+        "memory.kind": args.memory, "memory.num_bases": args.bases, "memory.downsample": args.downsample,
+        "memory.learned_labels": args.learned_labels, "inner.steps": args.inner_steps,
+        "outer.iterations": args.iterations, "seed": args.seed, "outer.unroll": args.unroll,
+        "outer.window": args.window, "device": args.device,
+    }
+    sets = []
+    for item in args.set or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. inner.lr=0.02), got {item!r}")
+        key, value = item.split("=", 1)
+        sets.append((key.strip(), value.strip()))
+
+    def build(kind: str):
+        cfg = preset_config(args.preset, args.dataset, args.budget_ipc, kind=kind)
+        apply_overrides(cfg, toml, source=str(args.config))
+        apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, source="command line")
+        for key, value in sets:
+            apply_overrides(cfg, {key: value}, source="--set")
+        return cfg
+
+    cfg = build("bases")
+    if cfg.memory.kind != "bases":  # a preset's budget-10 settings are for ``bases`` memories only
+        cfg = build(cfg.memory.kind)
+    cfg.dataset = args.dataset
+    cfg.memory.budget_ipc = float(args.budget_ipc)
+    return cfg.validate()
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from ..config import config_to_dict
+    from ..data import load_dataset
+    from ..distill import Distiller
+    from ..memory.file import save_memory
+
+    cfg = _distill_config(args)
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"--out must end in .safetensors (a memory file), got {out}")
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise ConfigError(f"--time-limit must be a positive number of seconds, got {args.time_limit}")
+    base = out.with_suffix("")
+    checkpoint, metrics = Path(f"{base}.ckpt"), Path(f"{base}.metrics.jsonl")
+    dist, device = join(args, cfg.device)
+    if cfg.tf32 and device.type == "cuda":  # this process is ours: set the backend flags here
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    train = rank0_first(dist, lambda: load_dataset(cfg.dataset, "train", root=args.root, download=args.download))
+    if dist.is_main:
+        atomic_write_json(Path(f"{base}.config.json"), config_to_dict(cfg))
+    distiller = Distiller(cfg, train, device=device, dist=dist)
+    t0 = time.perf_counter()
+    result = distiller.run(checkpoint=checkpoint, metrics=metrics, resume=args.resume,
+                           progress=not args.no_progress, time_limit=args.time_limit)
+    seconds = time.perf_counter() - t0
+    if not dist.is_main:  # rank 0 writes the memory and reports
+        return 0
+    metrics_final = {"iterations": result.iterations, "skipped_updates": result.skipped,
+                     "rollbacks": result.rollbacks, "validation": result.last_eval,
+                     "distill_seconds_this_session": seconds}
+    space = distiller.label_space  # None: one-hot classes; else the coordinates are the label space's
+    save_memory(out, result.memory, dataset=cfg.dataset,
+                classes=list(train.classes) if space is None else list(space.coordinates), mean=train.mean,
+                std=train.std, zca=distiller.train.zca, config=config_to_dict(cfg), metrics=metrics_final,
+                train_size=len(train), extra=None if space is None else {"label_space": space.to_record()})
+    rep = result.memory.report(len(train))
+    rows = [(cfg.dataset, cfg.memory.kind, cfg.memory.budget_ipc, result.memory.slots, rep.examples,
+             rep.floats_stored, result.iterations,
+             "-" if result.last_eval is None else f"{100 * result.last_eval['mean']:.2f}", f"{seconds:.0f}")]
+    print(table(["dataset", "memory", "budget ipc", "slots/class", "examples", "floats", "iterations",
+                 "val acc %", "seconds"], rows))
+    print(f"wrote {out} (checkpoint {checkpoint}, metrics {metrics})")
+    if result.iterations < cfg.outer.iterations:
+        print(f"stopped at the time limit after {result.iterations} of {cfg.outer.iterations} iterations; "
+              f"add --resume to continue")
+    return 0
+
+
+COMMAND = Command(
+    "distill", "distill a dataset into a memory file", add_arguments, cmd_distill,
+    parents=lambda: [data_options(), device_option(None), collective_option(), progress_option()],
+)
