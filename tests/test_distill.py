@@ -166,3 +166,88 @@ def test_budget10_settings_apply_to_bases_memories_only():
     assert key(preset_config("paper", "mnist", 10))[1:] == key(preset_config("paper", "mnist", 1))[1:]
     for settings in BUDGET10_SETTINGS.values():  # every key a real option
         apply_overrides(DistillConfig(), settings).validate()
+
+
+# Fingerprints of short distillations computed with the code at main (fb3e04e, before
+# `distill` became a package and one-hot labels became a label-space object): sha256 over
+# the memory tensors in name order (name, shape, float32 bytes), one thread, torch 2.x on
+# x86-64 CPU. To recompute: run the same `_fingerprint` at that commit.
+_MAIN_FINGERPRINTS = {
+    "onehot": ({}, "46239840f8e253155d8806244b08b489e0d5826b5b4596ee3e71f994927cae68"),
+    "onehot-learned-labels-class-subsets": (
+        {"memory.learned_labels": True, "inner.classes_per_step": 3, "outer.meta_batch": 2},
+        "4c4f6674b073f1f716081f414eb0ae54f50bcb1a8c55ac93aec1cf04f4c8a108"),
+    "parity": ({"memory.label_space": "parity"}, "ef72557e58c58e032a31c3e8406d8675c8ab64a7ee0170ddb951ac82c7bd1ddb"),
+}
+
+
+def _fingerprint(tensors) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("case", list(_MAIN_FINGERPRINTS))
+def test_runs_are_bit_identical_to_the_code_before_the_label_space_objects(small_train, case):
+    """One-hot runs (now through the `onehot` label-space object) and label-space runs
+    (now initialised by `Memory.init_from_real`) give the memory the old code gave."""
+    over, expected = _MAIN_FINGERPRINTS[case]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        d = Distiller(_tiny(**over), small_train)
+        assert d.label_space is not None and d.label_space.is_onehot == (case != "parity")
+        res = d.run()
+    finally:
+        torch.set_num_threads(threads)
+    assert _fingerprint(res.memory.tensors) == expected
+
+
+def test_check_resume_refuses_without_running(small_train, tmp_path):
+    from memdistill.distill import check_resume
+    from memdistill.errors import MemdistillError
+
+    ckpt = tmp_path / "c.ckpt"
+    check_resume(ckpt, _tiny())  # no checkpoint yet: a fresh start is fine
+    Distiller(_tiny(), small_train).run(checkpoint=ckpt, stop_after=1)
+    check_resume(ckpt, _tiny(**{"outer.iterations": 9}))  # the loop's settings may change
+    with pytest.raises(ConfigError, match="different seed"):
+        check_resume(ckpt, _tiny(seed=2))
+    with pytest.raises(ConfigError, match="different memory"):
+        check_resume(ckpt, _tiny(**{"memory.num_bases": 5}))
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(MemdistillError, match="cannot be read"):
+        check_resume(ckpt, _tiny())
+
+
+def test_streams_are_the_seed_sequences_of_their_paths():
+    import numpy as np
+
+    from memdistill.distill import iteration_generator, sample_generator, stream
+
+    def expected(*path):
+        state = np.random.SeedSequence(list(path)).generate_state(1, dtype=np.uint64)[0]
+        return torch.rand(5, generator=torch.Generator().manual_seed(int(state % (2**63))))
+
+    assert torch.equal(torch.rand(5, generator=stream(3, 7)), expected(3, 7))
+    assert torch.equal(torch.rand(5, generator=iteration_generator(3, 7)), expected(3, 7))
+    assert torch.equal(torch.rand(5, generator=sample_generator(3, 7, 0)), expected(3, 7))
+    assert torch.equal(torch.rand(5, generator=sample_generator(3, 7, 2)), expected(3, 7, 2))
+    assert torch.equal(torch.rand(5, generator=stream(3, 7, 2)), expected(3, 7, 2))
+    assert not torch.equal(expected(3, 7), expected(3, 7, 1)) and not torch.equal(expected(3, 7), expected(3, 8))
+
+
+def test_meta_step_result_has_names_and_unpacks(small_train):
+    d = Distiller(_tiny(**{"memory.coeff_penalty": "none"}), small_train)
+    mem = d.new_memory()
+    res = d.meta_step(mem, 0)
+    loss, grads, inner = res
+    assert loss == res.loss and grads is res.grads and inner is res.inner_losses
+    assert isinstance(res.loss, float) and len(res.inner_losses) == d.config.inner.steps
+    assert [g.shape for g in res.grads] == [p.shape for p in mem.parameters()]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from memdistill.augment import create_augmentation
-from memdistill.engine import create_inner_optimizer, draw_plans, meta_gradient, memory_recall
+from memdistill.engine import INNER_OPTIMIZERS, create_inner_optimizer, draw_plans, meta_gradient, memory_recall
 from memdistill.errors import ConfigError
 from memdistill.memory import create_memory
 from memdistill.models import create_model, functional_forward
@@ -185,3 +185,37 @@ def test_bad_unroll_arguments():
         meta_gradient(mem.parameters(), recall, forward, init, optimizer, plans, outer, mode="implicit")
     with pytest.raises(ConfigError, match="window must be in"):
         meta_gradient(mem.parameters(), recall, forward, init, optimizer, plans, outer, window=4)
+
+
+@pytest.mark.parametrize("name", INNER_OPTIMIZERS.names())
+def test_every_inner_optimizer_is_an_inner_optimizer(name):
+    from memdistill.engine import InnerOptimizer
+
+    opt = create_inner_optimizer(name)
+    assert isinstance(opt, InnerOptimizer)
+    params = (torch.ones(3, dtype=torch.float64),)
+    new, state = opt.update((torch.ones(3, dtype=torch.float64),), opt.init(params), params)
+    assert new[0].shape == (3,) and float(new[0].sum()) < 3
+
+
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_a_split_unroll_with_one_share_equals_the_plain_one_float64(opt):
+    """The split skeleton (update VJP + Hessian-vector product of the share) with one
+    process holding the whole batch: the same result, with the same meaning."""
+    from memdistill.engine import ClassSplit
+
+    kw = dict(OPTIMIZERS[opt])
+    optimizer = create_inner_optimizer(kw.pop("name"), **kw)
+    mem, recall, forward, init, optimizer, plans, outer = _problem("bases", optimizer, steps=4)
+    plain = meta_gradient(mem.parameters(), recall, forward, init, optimizer, plans, outer, window=3)
+    one = ClassSplit(reduce=lambda ts: list(ts))
+    split = meta_gradient(mem.parameters(), recall, forward, init, optimizer, plans, outer, window=3, split=one)
+    assert float(split.loss) == pytest.approx(float(plain.loss), rel=1e-12)
+    assert split.inner_losses == pytest.approx(plain.inner_losses, rel=1e-12)
+    assert _rel_err(split.grads, plain.grads) < 1e-10
+    assert (split.steps, split.backprop_steps) == (plain.steps, plain.backprop_steps) == (4, 3)
+    with pytest.raises(ConfigError, match="needs mode 'checkpointed'"):
+        meta_gradient(mem.parameters(), recall, forward, init, optimizer, plans, outer, mode="full", split=one)
+    with pytest.raises(ConfigError, match="one weight per inner step"):
+        meta_gradient(mem.parameters(), recall, forward, init, optimizer, plans, outer,
+                      split=ClassSplit(one.reduce, weights=[1.0]))

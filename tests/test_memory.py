@@ -125,3 +125,34 @@ def test_unknown_memory_and_option():
         create_memory("hallucinator", (1, 8, 8), 4, 1, generator=torch.Generator())
     with pytest.raises(ConfigError, match="memory type 'images'"):
         create_memory("images", (1, 8, 8), 4, 1, generator=torch.Generator(), num_bases=3)
+
+
+@pytest.mark.parametrize("kind", ["images", "bases"])
+def test_init_from_real_is_the_real_start_and_mixes_classes_linearly(kind):
+    """``init="real"`` is ``init_from_real``; with a ``mix`` ``(L, C)`` the memory's row
+    ``l`` recalls ``sum_c mix[l, c]`` times class ``c``'s real start."""
+
+    class Real:  # 4 classes of 8x8 images, already normalised
+        num_classes, classes, image_shape = 4, ("a", "b", "c", "d"), (1, 8, 8)
+        x = torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+        labels = torch.arange(4).repeat_interleave(10)
+
+        def indices_of_class(self, c):
+            return torch.nonzero(self.labels == c).flatten()
+
+        def batch(self, idx):
+            return self.x[idx], self.labels[idx]
+
+    opts = {"num_bases": 3, "downsample": 2} if kind == "bases" else {}
+    real = create_memory(kind, (1, 8, 8), 4, 2, generator=torch.Generator().manual_seed(0), real=Real(), **opts)
+    again = create_memory(kind, (1, 8, 8), 4, 2, generator=torch.Generator().manual_seed(0), init="random", **opts)
+    again.init_from_real(Real(), torch.Generator().manual_seed(0))
+    for k in real.tensors:
+        assert torch.equal(real.tensors[k], again.tensors[k]), k
+    mix = torch.tensor([[0, 1.0, 0, 0], [1, 0, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 2, -1]], dtype=torch.float64)
+    mixed = create_memory(kind, (1, 8, 8), 4, 2, generator=torch.Generator().manual_seed(0), init="random", **opts)
+    mixed.init_from_real(Real(), torch.Generator().manual_seed(0), mix=mix)
+    x_mixed = mixed.query_from(mixed.tensors, torch.eye(4))  # (4, r, 1, 8, 8): row l of the mixed memory
+    x_real = real.query_from(real.tensors, mix.float())  # the same mixtures of the one-hot real start
+    assert torch.allclose(x_mixed, x_real, atol=1e-5)
+    assert not torch.allclose(x_mixed, real.query_from(real.tensors, torch.eye(4)), atol=1e-2)

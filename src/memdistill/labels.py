@@ -18,7 +18,15 @@ A label space holds:
 
 Distillation with a label space (``memory.label_space``): the recalled example of row
 ``j`` at slot ``i`` is ``x_i(table[j])`` (the memory's generalised query), its target is
-``table[j]``; inner and outer networks output ``L`` logits.
+``table[j]``; inner and outer networks output ``L`` logits. The distillation asks the
+space for everything that depends on it (:meth:`LabelSpace.new_memory`,
+:meth:`~LabelSpace.wrap_forward`, :meth:`~LabelSpace.recall_rows`,
+:meth:`~LabelSpace.class_loss`, :meth:`~LabelSpace.class_examples`); ``onehot``
+(:class:`OneHotSpace`) keeps the paper's plain path: class-index targets, plain logits,
+the memory's own recall, and the memory types' own real-data initialisation.
+
+A new label space: a factory registered in :data:`LABEL_SPACES` returning a
+:class:`LabelSpace`; ``tests/test_queries.py`` and ``tests/test_derive.py`` show the checks.
 """
 
 from __future__ import annotations
@@ -27,11 +35,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ._registry import Registry
+from .engine.plan import memory_recall
 from .errors import ConfigError
+from .memory import Memory, create_memory
 
-__all__ = ["LABEL_SPACES", "LabelSpace", "create_label_space", "list_label_spaces", "label_space_of"]
+__all__ = ["LABEL_SPACES", "LabelSpace", "OneHotSpace", "create_label_space", "list_label_spaces", "label_space_of",
+           "equal_storage_ipc"]
 
 LABEL_SPACES: Registry[Callable[..., "LabelSpace"]] = Registry("label space")
 
@@ -112,6 +124,12 @@ class LabelSpace:
 
         return wrapped
 
+    def class_loss(self, outputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """The outer loss: ``outputs`` ``(N, L)`` of a :meth:`wrap_forward` forward
+        (group log-probabilities) on images of original classes ``classes`` ``(N,)``;
+        the cross-entropy against their target rows, averaged over the batch."""
+        return -(self.table.to(outputs)[classes] * outputs).sum(1).mean()
+
     def class_predictions(self, logits: torch.Tensor) -> torch.Tensor:
         """``(N,)`` original-class predictions: argmax over the class group."""
         a, b = self.groups[0]
@@ -153,7 +171,32 @@ class LabelSpace:
             x = memory.query_from(memory.tensors, self.table[:C].to(memory.parameters()[0]))
         return x.flatten(0, 1).detach(), torch.arange(C).repeat_interleave(r)
 
+    # ---------------------------------------------------------------- memory
+    def new_memory(self, kind: str, real, budget_ipc: float, init: str, generator: torch.Generator,
+                   **options: Any) -> Memory:
+        """A new memory of ``kind`` with :attr:`width` rows at the float budget of
+        ``budget_ipc`` images for each original class (:func:`equal_storage_ipc`).
+
+        With ``init="real"`` the class rows' queries recall what a one-hot memory
+        initialised from real data would: the class content is solved for with the
+        minimum-norm solution ``pinv(T_C) @ content`` (:meth:`Memory.init_from_real`).
+
+        Args:
+            real: the real training split (an :class:`~memdistill.ImageDataset`).
+            options: memory-type options (``num_bases``, ``downsample``, ``learned_labels``).
+        """
+        mem = create_memory(kind, real.image_shape, self.width, equal_storage_ipc(budget_ipc, self),
+                            generator=generator, init="random", **options)
+        if init == "real":
+            mem.init_from_real(real, generator, mix=torch.linalg.pinv(self.table[: self.num_classes].double()))
+        return mem
+
     # ---------------------------------------------------------------- storage
+    def file_extra(self) -> dict[str, Any] | None:
+        """What a memory file distilled with this space records under ``extra``
+        (``None`` for one-hot: a file without a record is one-hot over its classes)."""
+        return {"label_space": self.to_record()}
+
     def to_record(self) -> dict[str, Any]:
         """JSON-compatible description (stored in memory files under ``extra``)."""
         return {"name": self.name, "class_names": list(self.class_names), "coordinates": list(self.coordinates),
@@ -162,6 +205,8 @@ class LabelSpace:
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> "LabelSpace":
+        if cls is LabelSpace and rec.get("name") == "onehot":
+            cls = OneHotSpace
         try:
             return cls(name=str(rec["name"]), class_names=tuple(map(str, rec["class_names"])),
                        coordinates=tuple(map(str, rec["coordinates"])), row_names=tuple(map(str, rec["row_names"])),
@@ -169,6 +214,39 @@ class LabelSpace:
                        table=torch.tensor(rec["table"], dtype=torch.float32))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"invalid label-space record ({exc!r})") from None
+
+
+@dataclass(frozen=True, eq=False)
+class OneHotSpace(LabelSpace):
+    """One coordinate per class (the paper's setting): rows are the classes, targets
+    are class indices, the networks output plain logits and the memory recalls and
+    initialises itself (``memory.learned_labels`` and ``inner.classes_per_step`` work
+    with this space only)."""
+
+    def wrap_forward(self, forward: Callable) -> Callable:
+        """``forward`` itself: plain logits."""
+        return forward
+
+    def class_loss(self, outputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of logits ``(N, C)`` against class indices ``(N,)``."""
+        return F.cross_entropy(outputs, classes)
+
+    def recall_rows(self, memory, augmentation=None):
+        """The memory's own recall (its learned labels, when it has them)."""
+        return memory_recall(memory, augmentation)
+
+    def class_examples(self, memory) -> tuple[torch.Tensor, torch.Tensor]:
+        """``memory.recall()``: every slot of every class and its targets."""
+        return memory.recall()
+
+    def new_memory(self, kind: str, real, budget_ipc: float, init: str, generator: torch.Generator,
+                   **options: Any) -> Memory:
+        """``create_memory`` over the ``C`` classes at ``budget_ipc``."""
+        return create_memory(kind, real.image_shape, self.num_classes, budget_ipc, generator=generator, real=real,
+                             init=init, **options)
+
+    def file_extra(self) -> None:
+        return None
 
 
 def _query_slots(memory, tensors, q: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -191,7 +269,7 @@ def _onehot_rows(n: int) -> torch.Tensor:
 def _onehot(classes: Sequence[str], **_: Any) -> LabelSpace:
     """One coordinate per class (the paper's setting)."""
     C = len(classes)
-    return LabelSpace("onehot", tuple(classes), tuple(classes), _onehot_rows(C), tuple(classes), ((0, C),))
+    return OneHotSpace("onehot", tuple(classes), tuple(classes), _onehot_rows(C), tuple(classes), ((0, C),))
 
 
 @LABEL_SPACES.register("smooth")
@@ -265,29 +343,6 @@ def label_space_of(mem_file) -> LabelSpace:
         raise ConfigError(f"{mem_file.path}: the label space has {space.width} coordinates but the memory "
                           f"{mem_file.num_classes}")
     return space
-
-
-def init_labelled_memory(memory, space: LabelSpace, real, generator: torch.Generator, init: str) -> None:
-    """Initialise a memory of ``space.width`` rows in place so that the class rows'
-    queries recall what a one-hot memory initialised from real data would: the class
-    content is solved for with the minimum-norm solution ``pinv(T_C) @ content``."""
-    from .memory.types import _pca_init, _real_per_class
-
-    if init != "real":
-        return
-    C = space.num_classes
-    pinv = torch.linalg.pinv(space.table[:C].double())  # (L, C)
-    if memory.kind == "bases":
-        bases = memory.tensors["bases"]
-        _, h, w = bases.shape[1:]
-        new_bases, coeff = _pca_init(real, memory.slots, bases.shape[0], (h, w), generator)  # (r, C, K)
-        memory.tensors["bases"] = new_bases.float()
-        memory.tensors["addressing"] = torch.einsum("lc,rck->rlk", pinv, coeff).float()
-    elif memory.kind == "images":
-        content = _real_per_class(real, memory.slots, generator).double()  # (C, r, ...)
-        memory.tensors["images"] = torch.einsum("lc,c...->l...", pinv, content).float()
-    else:  # pragma: no cover - every registered type is handled above
-        raise ConfigError(f"memory type {memory.kind!r} does not support label spaces")
 
 
 def equal_storage_ipc(budget_ipc: float, space: LabelSpace) -> float:

@@ -1,17 +1,19 @@
 """The meta-gradient engine: pure inner steps, inner optimisers, unroll modes."""
 
-from .optim import INNER_OPTIMIZERS, InnerAdam, InnerSGD, create_inner_optimizer
+from .optim import INNER_OPTIMIZERS, InnerAdam, InnerOptimizer, InnerSGD, create_inner_optimizer
 from .plan import draw_plans, memory_recall
-from .unroll import UNROLL_MODES, MetaGradient, inner_loss, inner_step, meta_gradient
+from .unroll import UNROLL_MODES, ClassSplit, MetaGradient, inner_loss, inner_step, meta_gradient
 
 __all__ = [
     "INNER_OPTIMIZERS",
     "InnerAdam",
+    "InnerOptimizer",
     "InnerSGD",
     "create_inner_optimizer",
     "draw_plans",
     "memory_recall",
     "UNROLL_MODES",
+    "ClassSplit",
     "MetaGradient",
     "inner_loss",
     "inner_step",

@@ -9,22 +9,44 @@ Options are validated when the optimiser is built, not mid-run.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from .._registry import Registry
 from ..errors import ConfigError
 
-__all__ = ["INNER_OPTIMIZERS", "InnerSGD", "InnerAdam", "create_inner_optimizer", "OptState"]
+__all__ = ["INNER_OPTIMIZERS", "InnerOptimizer", "InnerSGD", "InnerAdam", "create_inner_optimizer", "OptState"]
 
 Tensors = tuple[torch.Tensor, ...]
 OptState = tuple[torch.Tensor, ...]
 """Flat tuple of tensors: the optimiser's state (momentum buffers, Adam moments, step)."""
 
+
+
+@runtime_checkable
+class InnerOptimizer(Protocol):
+    """What the unroll needs of an inner optimiser: two pure functions.
+
+    ``init(params)`` gives the initial state (a flat tuple of tensors, possibly empty);
+    ``update(grads, state, params) -> (new_params, new_state)`` takes one step without
+    mutating its inputs, differentiably in all three (the engine takes its
+    vector-Jacobian product). A new optimiser registers a frozen dataclass with these
+    two methods in :data:`INNER_OPTIMIZERS`; ``tests/test_engine.py`` then checks it
+    against the full unroll.
+    """
+
+    def init(self, params: Tensors) -> OptState: ...
+
+    def update(self, grads: Tensors, state: OptState, params: Tensors) -> tuple[Tensors, OptState]: ...
+
+
 INNER_OPTIMIZERS: Registry[type] = Registry("inner optimizer")
 
 
-def create_inner_optimizer(name: str, **options) -> "InnerSGD | InnerAdam":
+def create_inner_optimizer(name: str, **options) -> InnerOptimizer:
+    """The registered inner optimiser ``name`` (``sgd``, ``adam``) with ``options``,
+    validated now (unknown options and bad values raise :class:`ConfigError`)."""
     cls = INNER_OPTIMIZERS.get(name)
     valid = {f.name for f in fields(cls)}
     unknown = sorted(set(options) - valid)

@@ -18,6 +18,11 @@ All modes are derived from one pure step function
 - ``window``: back-propagate only through the last ``window`` steps (truncated BPTT;
   random truncation is the caller drawing the unroll length ``N`` in ``[W, T]``).
 
+The checkpointed skeleton (forward keeping ``(params, opt_state)`` per step, then the
+reverse sweep of vector-Jacobian products) is shared by the single-process unroll and
+the unroll split over processes by class (:class:`ClassSplit`); they differ only in how
+one step is taken and differentiated (:class:`_WholeBatch`, :class:`_SplitBatch`).
+
 Randomness (which slots, which classes, augmentation parameters) is drawn *before*
 the unroll into one plan per step, so a recomputed step replays it exactly.
 """
@@ -25,14 +30,15 @@ the unroll into one plan per step, so a recomputed step replays it exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .optim import InnerOptimizer
 
-__all__ = ["MetaGradient", "inner_loss", "inner_step", "meta_gradient", "UNROLL_MODES"]
+__all__ = ["ClassSplit", "MetaGradient", "inner_loss", "inner_step", "meta_gradient", "UNROLL_MODES"]
 
 Tensors = tuple[torch.Tensor, ...]
 Forward = Callable[[Tensors, torch.Tensor], torch.Tensor]
@@ -52,7 +58,7 @@ def inner_step(
     opt_state: Tensors,
     batch: tuple[torch.Tensor, torch.Tensor],
     forward: Forward,
-    optimizer: Any,
+    optimizer: InnerOptimizer,
     create_graph: bool,
 ) -> tuple[Tensors, Tensors, torch.Tensor]:
     """One inner training step: ``(params, opt_state, batch) -> (params, opt_state)``.
@@ -69,7 +75,20 @@ def inner_step(
 
 @dataclass
 class MetaGradient:
-    """The outer loss and its gradient with respect to each memory tensor."""
+    """The outcome of one unroll; the same meaning whether or not it is split.
+
+    Attributes:
+        loss: the outer loss of the whole unroll (0-dim, detached; with a
+            :class:`ClassSplit` the shares are already summed over the processes).
+        grads: this process's contribution to the gradient of ``loss`` with respect to
+            each memory tensor (same shapes, same order). The gradient is the sum of
+            the contributions of the processes taking part in the unroll: one process
+            alone contributes the whole gradient; with a :class:`ClassSplit` the caller
+            sums them over the processes.
+        inner_losses: the training loss of each inner step (with a split: summed).
+        steps: ``T``, the unroll length.
+        backprop_steps: ``W``, the steps differentiated through.
+    """
 
     loss: torch.Tensor
     grads: Tensors
@@ -78,8 +97,30 @@ class MetaGradient:
     backprop_steps: int
 
 
+@dataclass(frozen=True)
+class ClassSplit:
+    """One unroll split over processes by class.
+
+    ``recall`` then gives this process's share of each inner batch and ``outer_loss``
+    its share of the outer loss (weighted so that the shares add up to the whole
+    loss).
+
+    Attributes:
+        reduce: sums a list of tensors over the processes (an all-reduce).
+        weights: the weight of this process's inner loss at each step (its share of
+            the step's examples); ``None``: 1 at every step.
+    """
+
+    reduce: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]]
+    weights: Sequence[float] | None = None
+
+
 def _leaves(ts: Sequence[torch.Tensor]) -> Tensors:
     return tuple(t.detach().requires_grad_(t.is_floating_point()) for t in ts)
+
+
+def _zero(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if g is None else g
 
 
 def _pack(ts: Tensors) -> torch.Tensor:
@@ -103,13 +144,12 @@ def meta_gradient(
     recall: Recall,
     forward: Forward,
     init_params: Sequence[torch.Tensor],
-    optimizer: Any,
+    optimizer: InnerOptimizer,
     plans: Sequence[Any],
     outer_loss: Callable[[Tensors], torch.Tensor],
     mode: str = "checkpointed",
     window: int | None = None,
-    reduce: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]] | None = None,
-    shard_weights: Sequence[float] | None = None,
+    split: ClassSplit | None = None,
 ) -> MetaGradient:
     """Gradient of the outer loss after ``len(plans)`` inner steps w.r.t. ``memory``.
 
@@ -124,163 +164,187 @@ def meta_gradient(
         outer_loss: ``outer_loss(params) -> scalar`` on real data.
         mode: ``"checkpointed"`` (default) or ``"full"``.
         window: back-propagate through the last ``window`` steps only (``None``: all).
-        reduce: for one unroll split over processes by class (see :func:`_sharded`):
-            sums tensors over the processes (an all-reduce). ``recall`` then gives
-            this process's share of each inner batch and ``outer_loss`` its share of
-            the outer loss (weighted so the shares add up to the whole loss); the
-            returned memory gradient is this process's share, to be summed by the caller.
-        shard_weights: with ``reduce``, the weight of this process's inner loss at
-            each step (its share of the step's examples); default 1.
+        split: the unroll is split over processes by class (checkpointed mode only);
+            see :class:`ClassSplit` and :class:`MetaGradient` for what is returned.
     """
+    T, W, weights = _check_unroll(mode, len(plans), window, split)
+    memory = tuple(memory)
+    if mode == "full":
+        return _full(memory, recall, forward, init_params, optimizer, plans, outer_loss, W)
+    if split is None:
+        rule: _StepRule = _WholeBatch(forward, optimizer)
+    else:
+        rule = _SplitBatch(forward, optimizer, split.reduce, weights)
+    return _checkpointed(memory, recall, init_params, plans, outer_loss, W, rule)
+
+
+def _check_unroll(mode: str, T: int, window: int | None, split: ClassSplit | None) -> tuple[int, int, list[float]]:
+    """``(T, W, inner-loss weights)`` of a valid unroll, else :class:`ConfigError`."""
     if mode not in UNROLL_MODES:
         raise ConfigError(f"unknown unroll mode {mode!r}; valid: {', '.join(UNROLL_MODES)}")
-    T = len(plans)
     if T < 1:
         raise ConfigError("the inner loop needs at least one step")
     W = T if window is None else int(window)
     if not 1 <= W <= T:
         raise ConfigError(f"window must be in [1, {T}] (the unroll length), got {window}")
-    memory = tuple(memory)
-    if reduce is not None:
+    weights = [1.0] * T
+    if split is not None:
         if mode != "checkpointed":
             raise ConfigError("an unroll split over processes needs mode 'checkpointed', not " + repr(mode))
-        weights = [1.0] * T if shard_weights is None else [float(w) for w in shard_weights]
+        if split.weights is not None:
+            weights = [float(w) for w in split.weights]
         if len(weights) != T:
             raise ConfigError(f"shard_weights needs one weight per inner step ({T}), got {len(weights)}")
-        return _sharded(memory, recall, forward, init_params, optimizer, plans, outer_loss, W, reduce, weights)
+    return T, W, weights
+
+
+def _full(memory, recall, forward, init_params, optimizer, plans, outer_loss, W) -> MetaGradient:
+    """Plain autograd through the last ``W`` steps (the reference)."""
+    T = len(plans)
     params = _leaves(init_params)
     state = _leaves(optimizer.init(params))
     inner_losses: list[float] = []
-
-    # Steps before the window: plain training, no graph to the memory.
     frozen = tuple(m.detach() for m in memory)
-    for t in range(T - W):
+    for t in range(T - W):  # steps before the window: plain training, no graph to the memory
         with torch.no_grad():
             batch = recall(frozen, plans[t])
         params, state, loss = inner_step(params, state, batch, forward, optimizer, create_graph=False)
         params, state = _leaves(params), _leaves(state)
         inner_losses.append(float(loss))
-
-    if mode == "full":
-        mem = _leaves(memory)
-        for t in range(T - W, T):
-            params, state, loss = inner_step(
-                params, state, recall(mem, plans[t]), forward, optimizer, create_graph=True
-            )
-            inner_losses.append(float(loss))
-        out = outer_loss(params)
-        grads = torch.autograd.grad(out, mem, allow_unused=True)
-        grads = tuple(torch.zeros_like(m) if g is None else g for m, g in zip(mem, grads))
-        return MetaGradient(out.detach(), grads, inner_losses, T, W)
-
-    # checkpointed: forward through the window keeping (params, state) per step only,
-    # packed into one flat buffer per step (one allocation instead of dozens)
-    layout = [(t.shape, t.dtype) for t in params + state]
-    n_p = len(params)
-    saved: list[torch.Tensor] = []
-    for t in range(T - W, T):
-        saved.append(_pack(params + state))
-        with torch.no_grad():
-            batch = recall(frozen, plans[t])
-        params, state, loss = inner_step(params, state, batch, forward, optimizer, create_graph=False)
-        params, state = _leaves(params), _leaves(state)
-        inner_losses.append(float(loss))
-
-    final = _leaves(params)
-    out = outer_loss(final)
-    adj_params = torch.autograd.grad(out, final)
-    adj_state: Tensors = tuple(torch.zeros_like(s) for s in state)
     mem = _leaves(memory)
-    acc = [torch.zeros_like(m) for m in mem]
-
-    for k in range(W - 1, -1, -1):
-        unpacked = _leaves(_unpack(saved[k], layout))
-        saved[k] = None  # type: ignore[call-overload]  # free as we go
-        p_t, s_t = unpacked[:n_p], unpacked[n_p:]
-        new_p, new_s, _ = inner_step(
-            p_t, s_t, recall(mem, plans[T - W + k]), forward, optimizer, create_graph=True
-        )
-        # vector-Jacobian product of this step, w.r.t. its inputs and the memory
-        n_s = len(s_t)
-        g = torch.autograd.grad(
-            new_p + new_s, p_t + s_t + mem, grad_outputs=adj_params + adj_state, allow_unused=True
-        )
-        zero = lambda gi, like: torch.zeros_like(like) if gi is None else gi  # noqa: E731
-        adj_params = tuple(zero(gi, p) for gi, p in zip(g[:n_p], p_t))
-        adj_state = tuple(zero(gi, s) for gi, s in zip(g[n_p : n_p + n_s], s_t))
-        for i, gi in enumerate(g[n_p + n_s :]):
-            if gi is not None:
-                acc[i] += gi
-    return MetaGradient(out.detach(), tuple(acc), inner_losses, T, W)
+    for t in range(T - W, T):
+        params, state, loss = inner_step(params, state, recall(mem, plans[t]), forward, optimizer, create_graph=True)
+        inner_losses.append(float(loss))
+    out = outer_loss(params)
+    grads = torch.autograd.grad(out, mem, allow_unused=True)
+    return MetaGradient(out.detach(), tuple(_zero(g, m) for g, m in zip(grads, mem)), inner_losses, T, W)
 
 
-def _sharded(memory, recall, forward, init_params, optimizer, plans, outer_loss, W, reduce, weights) -> MetaGradient:
-    """The checkpointed meta-gradient of one unroll whose batches are split over processes.
+class _StepRule(Protocol):
+    """How the checkpointed skeleton takes one inner step and differentiates it."""
 
-    Every process holds the same parameters; at each step it computes the gradient of its
-    weighted share of the inner loss and ``reduce`` sums the shares, so all take the same
-    step as one process on the whole batch. Backwards, a step's vector-Jacobian product
-    splits in two: the optimiser update's own (same on every process, no communication)
-    gives the adjoint of the summed gradient ``a_g``; the Hessian-vector product
-    ``d(g_share . a_g)/d(params, memory)`` is per share, and its parameter part is
-    summed over processes. The memory part stays local: the caller sums it.
-    """
+    optimizer: InnerOptimizer
+
+    def step(self, params: Tensors, state: Tensors, batch, t: int) -> tuple[Tensors, Tensors, torch.Tensor]:
+        """The step without a graph to the memory: new params, new state, inner loss."""
+        ...
+
+    def outer(self, out: torch.Tensor, final: Tensors) -> tuple[Tensors, torch.Tensor]:
+        """The adjoint of the final parameters and the (whole) outer loss."""
+        ...
+
+    def reverse(self, p_t: Tensors, s_t: Tensors, batch, mem: Tensors, adj_params: Tensors, adj_state: Tensors,
+                t: int) -> tuple[Tensors, Tensors, Sequence[torch.Tensor | None]]:
+        """The vector-Jacobian product of step ``t`` (recomputed from ``p_t, s_t``):
+        the adjoints of its input parameters and state, and its memory gradient."""
+        ...
+
+
+def _checkpointed(memory: Tensors, recall: Recall, init_params, plans, outer_loss, W: int,
+                  rule: _StepRule) -> MetaGradient:
+    """Forward through the unroll keeping ``(params, opt_state)`` of the last ``W`` steps
+    only, packed into one flat buffer per step (one allocation instead of dozens);
+    then backwards, recompute each step with a graph and take its vector-Jacobian
+    product, carrying the adjoints of the parameters *and* the optimiser state."""
     T = len(plans)
     frozen = tuple(m.detach() for m in memory)
     params = _leaves(init_params)
-    state = _leaves(optimizer.init(params))
-    inner_losses: list[float] = []
-
-    def local_grad(p, batch, w, create_graph):
-        x, y = batch
-        loss = inner_loss(forward(p, x), y) * w
-        return torch.autograd.grad(loss, p, create_graph=create_graph), loss
-
+    state = _leaves(rule.optimizer.init(params))
     layout = [(t.shape, t.dtype) for t in params + state]
     n_p = len(params)
     saved: list[torch.Tensor] = []
+    inner_losses: list[float] = []
     for t in range(T):
         if t >= T - W:
             saved.append(_pack(params + state))
         with torch.no_grad():
             batch = recall(frozen, plans[t])
-        g, loss = local_grad(params, batch, weights[t], create_graph=False)
-        *g, loss = reduce([*g, loss.detach()])
-        with torch.no_grad():
-            new_p, new_s = optimizer.update(tuple(g), state, params)
-        params, state = _leaves(new_p), _leaves(new_s)
+        params, state, loss = rule.step(params, state, batch, t)
+        params, state = _leaves(params), _leaves(state)
         inner_losses.append(float(loss))
 
     final = _leaves(params)
-    out = outer_loss(final)
-    *adj_params, out_total = reduce([*torch.autograd.grad(out, final), out.detach()])
-    adj_params = tuple(adj_params)
+    adj_params, out = rule.outer(outer_loss(final), final)
     adj_state: Tensors = tuple(torch.zeros_like(s) for s in state)
     mem = _leaves(memory)
     acc = [torch.zeros_like(m) for m in mem]
-    zero = lambda gi, like: torch.zeros_like(like) if gi is None else gi  # noqa: E731
-
     for k in range(W - 1, -1, -1):
         unpacked = _leaves(_unpack(saved[k], layout))
-        saved[k] = None  # type: ignore[call-overload]
-        p_t, s_t = unpacked[:n_p], unpacked[n_p:]
+        saved[k] = None  # type: ignore[call-overload]  # free as we go
         t = T - W + k
-        g_share, _ = local_grad(p_t, recall(mem, plans[t]), weights[t], create_graph=True)
-        g_sum = _leaves(reduce([gi.detach() for gi in g_share]))
-        new_p, new_s = optimizer.update(g_sum, s_t, p_t)
-        n_s = len(s_t)
+        adj_params, adj_state, g_mem = rule.reverse(unpacked[:n_p], unpacked[n_p:], recall(mem, plans[t]), mem,
+                                                    adj_params, adj_state, t)
+        for i, gi in enumerate(g_mem):
+            if gi is not None:
+                acc[i] += gi
+    return MetaGradient(out, tuple(acc), inner_losses, T, W)
+
+
+class _WholeBatch:
+    """One process computes each step on its whole batch."""
+
+    def __init__(self, forward: Forward, optimizer: InnerOptimizer):
+        self.forward, self.optimizer = forward, optimizer
+
+    def step(self, params, state, batch, t):
+        return inner_step(params, state, batch, self.forward, self.optimizer, create_graph=False)
+
+    def outer(self, out, final):
+        return torch.autograd.grad(out, final), out.detach()
+
+    def reverse(self, p_t, s_t, batch, mem, adj_params, adj_state, t):
+        new_p, new_s, _ = inner_step(p_t, s_t, batch, self.forward, self.optimizer, create_graph=True)
+        # vector-Jacobian product of this step, w.r.t. its inputs and the memory
+        n_p, n_s = len(p_t), len(s_t)
+        g = torch.autograd.grad(new_p + new_s, p_t + s_t + mem, grad_outputs=adj_params + adj_state,
+                                allow_unused=True)
+        return (tuple(_zero(gi, p) for gi, p in zip(g[:n_p], p_t)),
+                tuple(_zero(gi, s) for gi, s in zip(g[n_p : n_p + n_s], s_t)), g[n_p + n_s :])
+
+
+class _SplitBatch:
+    """Each process computes each step on its share of the batch (:class:`ClassSplit`).
+
+    Every process holds the same parameters; at each step it computes the gradient of
+    its weighted share of the inner loss and ``reduce`` sums the shares, so all take the
+    same step as one process on the whole batch. Backwards, a step's vector-Jacobian
+    product splits in two: the optimiser update's own (same on every process, no
+    communication) gives the adjoint of the summed gradient ``a_g``; the Hessian-vector
+    product ``d(g_share . a_g)/d(params, memory)`` is per share, and its parameter part
+    is summed over processes. The memory part stays local: the caller sums it.
+    """
+
+    def __init__(self, forward: Forward, optimizer: InnerOptimizer, reduce, weights: Sequence[float]):
+        self.forward, self.optimizer, self.reduce, self.weights = forward, optimizer, reduce, weights
+
+    def _local_grad(self, p, batch, t, create_graph):
+        x, y = batch
+        loss = inner_loss(self.forward(p, x), y) * self.weights[t]
+        return torch.autograd.grad(loss, p, create_graph=create_graph), loss
+
+    def step(self, params, state, batch, t):
+        g, loss = self._local_grad(params, batch, t, create_graph=False)
+        *g, loss = self.reduce([*g, loss.detach()])
+        with torch.no_grad():
+            new_p, new_s = self.optimizer.update(tuple(g), state, params)
+        return new_p, new_s, loss
+
+    def outer(self, out, final):
+        *adj_params, out_total = self.reduce([*torch.autograd.grad(out, final), out.detach()])
+        return tuple(adj_params), out_total
+
+    def reverse(self, p_t, s_t, batch, mem, adj_params, adj_state, t):
+        g_share, _ = self._local_grad(p_t, batch, t, create_graph=True)
+        g_sum = _leaves(self.reduce([gi.detach() for gi in g_share]))
+        new_p, new_s = self.optimizer.update(g_sum, s_t, p_t)
+        n_p, n_s = len(p_t), len(s_t)
         # the update's own VJP: identical on every process
         v = torch.autograd.grad(tuple(new_p) + tuple(new_s), p_t + s_t + g_sum,
                                 grad_outputs=adj_params + adj_state, allow_unused=True)
-        direct_p = [zero(gi, p) for gi, p in zip(v[:n_p], p_t)]
-        adj_state = tuple(zero(gi, s) for gi, s in zip(v[n_p : n_p + n_s], s_t))
-        adj_g = tuple(zero(gi, p) for gi, p in zip(v[n_p + n_s :], p_t))
+        direct_p = [_zero(gi, p) for gi, p in zip(v[:n_p], p_t)]
+        adj_state = tuple(_zero(gi, s) for gi, s in zip(v[n_p : n_p + n_s], s_t))
+        adj_g = tuple(_zero(gi, p) for gi, p in zip(v[n_p + n_s :], p_t))
         # Hessian-vector product of this process's share (and its memory part)
         h = torch.autograd.grad(g_share, p_t + mem, grad_outputs=adj_g, allow_unused=True)
-        hv = reduce([zero(gi, p) for gi, p in zip(h[:n_p], p_t)])
-        adj_params = tuple(d + e for d, e in zip(direct_p, hv))
-        for i, gi in enumerate(h[n_p:]):
-            if gi is not None:
-                acc[i] += gi
-    return MetaGradient(out_total, tuple(acc), inner_losses, T, W)
-
+        hv = self.reduce([_zero(gi, p) for gi, p in zip(h[:n_p], p_t)])
+        return tuple(d + e for d, e in zip(direct_p, hv)), adj_state, h[n_p:]

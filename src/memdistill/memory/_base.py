@@ -111,6 +111,19 @@ class Memory:
         """Recalled images for queries ``q`` ``(Q, L)``: ``(Q, r, C, H, W)``."""
         raise NotImplementedError
 
+    def init_from_real(self, real, generator: torch.Generator, mix: torch.Tensor | None = None) -> None:
+        """Set the content tensors in place from real images (the ``init="real"`` start).
+
+        Args:
+            real: the real training split (an :class:`~memdistill.ImageDataset`) of
+                ``C`` classes.
+            generator: draws which real images are used.
+            mix: ``(L, C)`` float64: row ``l`` of the memory recalls the mixture
+                ``sum_c mix[l, c] * content_c`` of the classes' real content (label
+                spaces, :mod:`..labels`). ``None``: row ``c`` is class ``c`` (``L = C``).
+        """
+        raise ConfigError(f"memory type {self.kind!r} cannot be initialised from real data; use init='random'")
+
     # ---- shared
     @property
     def names(self) -> tuple[str, ...]:

@@ -70,7 +70,7 @@ class ImagesMemory(Memory):
         if init == "real":
             if real is None:
                 raise ConfigError("init='real' needs the real training data")
-            images = _real_per_class(real, r, generator)
+            images = torch.zeros((num_classes, r, c, h, w))  # filled by init_from_real below
         elif init == "random":
             images = torch.randn((num_classes, r, c, h, w), generator=generator)
         else:
@@ -78,7 +78,17 @@ class ImagesMemory(Memory):
         tensors = {"images": images}
         if learned_labels:
             tensors["labels"] = _one_hot_labels(num_classes, r, slot_first=False)
-        return cls(tensors, image_shape, num_classes, r)
+        memory = cls(tensors, image_shape, num_classes, r)
+        if init == "real":
+            memory.init_from_real(real, generator)
+        return memory
+
+    def init_from_real(self, real, generator, mix=None):
+        """``r`` real images of each class (see :meth:`Memory.init_from_real`)."""
+        content = _real_per_class(real, self.slots, generator)  # (C, r, ...)
+        if mix is not None:
+            content = torch.einsum("lc,c...->l...", mix, content.double()).float()
+        self.tensors["images"] = content
 
     def recall_from(self, tensors, classes, slots):
         x = tensors["images"][classes, slots]
@@ -121,13 +131,28 @@ class BasesMemory(Memory):
         elif init == "real":
             if real is None:
                 raise ConfigError("init='real' needs the real training data")
-            bases, addressing = _pca_init(real, r, num_bases, (hl, wl), generator)
+            # filled by init_from_real below
+            bases, addressing = torch.zeros((num_bases, c, hl, wl)), torch.zeros((r, num_classes, num_bases))
         else:
             raise ConfigError(f"unknown init {init!r}; valid: real, random")
         tensors = {"bases": bases.float(), "addressing": addressing.float()}
         if learned_labels:
             tensors["labels"] = _one_hot_labels(num_classes, r, slot_first=True)
-        return cls(tensors, image_shape, num_classes, r)
+        memory = cls(tensors, image_shape, num_classes, r)
+        if init == "real":
+            memory.init_from_real(real, generator)
+        return memory
+
+    def init_from_real(self, real, generator, mix=None):
+        """Bases from the principal directions of real images, addressing from the
+        least-squares coefficients of ``r`` real images per class (see
+        :meth:`Memory.init_from_real`)."""
+        bases = self.tensors["bases"]
+        bases, coeff = _pca_init(real, self.slots, bases.shape[0], tuple(bases.shape[2:]), generator)  # (r, C, K)
+        if mix is not None:
+            coeff = torch.einsum("lc,rck->rlk", mix, coeff)
+        self.tensors["bases"] = bases.float()
+        self.tensors["addressing"] = coeff.float()
 
     def _up(self, low: torch.Tensor) -> torch.Tensor:
         if tuple(low.shape[-2:]) == tuple(self.image_shape[1:]):

@@ -1,0 +1,378 @@
+"""The outer distillation loop: :class:`Distiller`.
+
+Each outer iteration: a freshly initialised network is trained for ``T`` inner steps on
+examples recalled from the memory, its loss on a batch of real images is differentiated
+with respect to the memory (:mod:`.step`), and the memory takes one optimiser step.
+Everything the loop carries from one iteration to the next is one :class:`RunState`;
+its snapshots are what rollbacks return to and what checkpoints hold
+(:mod:`.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..augment import create_augmentation
+from ..config import DistillConfig, OuterConfig
+from ..data import ImageDataset, fit_zca, train_val_split
+from ..distributed import DistContext, single_process
+from ..engine import create_inner_optimizer
+from ..errors import ConfigError
+from ..evaluate import TrainConfig, TrainingSet, evaluate
+from ..labels import create_label_space
+from ..memory import Memory
+from ..models import supported_options
+from .checkpoint import append_metrics, load_checkpoint, read_metrics, reset_metrics, save_checkpoint
+from .step import StepInputs, StepResult, check_class_split, meta_step, outer_gradient
+from .streams import sample_generator
+
+__all__ = ["Distiller", "DistillResult", "RunState"]
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+
+@dataclass
+class DistillResult:
+    memory: Memory
+    iterations: int
+    skipped: int
+    rollbacks: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_eval: dict[str, Any] | None = None
+
+
+def outer_optimizer(oc: OuterConfig, params, lr: float) -> torch.optim.Optimizer:
+    """The optimiser of the memory (``outer.optimizer``)."""
+    if oc.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr, momentum=oc.momentum)
+
+
+@dataclass
+class RunState:
+    """Everything the outer loop carries from one iteration to the next.
+
+    Attributes:
+        memory: the memory being distilled (its tensors require grad).
+        optimizer: the outer optimiser of ``memory``'s tensors.
+        iteration: outer iterations done.
+        lr: the outer learning rate (halved by each rollback).
+        skipped: updates skipped for a non-finite meta-gradient.
+        rollbacks: returns to the last snapshot after too many of those in a row.
+        last_eval: the latest evaluation on the validation split.
+        failures_in_a_row: non-finite meta-gradients since the last finite one (not
+            part of a snapshot).
+    """
+
+    memory: Memory
+    optimizer: torch.optim.Optimizer
+    iteration: int = 0
+    lr: float = 0.0
+    skipped: int = 0
+    rollbacks: int = 0
+    last_eval: dict[str, Any] | None = None
+    failures_in_a_row: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """A detached copy of the state (the checkpoint payload)."""
+        return {
+            "iteration": self.iteration, "lr": self.lr, "skipped": self.skipped, "rollbacks": self.rollbacks,
+            "last_eval": json.dumps(self.last_eval),
+            "memory": {k: v.detach().clone() for k, v in self.memory.tensors.items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        }
+
+    def restore(self, snap: dict[str, Any], new_optimizer: Callable[..., torch.optim.Optimizer],
+                counters: bool = True) -> None:
+        """Return to ``snap`` (the memory tensors in place); ``counters=False`` keeps
+        ``skipped`` and ``rollbacks`` as they are."""
+        for k, v in snap["memory"].items():
+            self.memory.tensors[k] = v.clone().requires_grad_()
+        self.optimizer = new_optimizer(self.memory.parameters(), snap["lr"])
+        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
+        self.iteration, self.lr, self.last_eval = snap["iteration"], snap["lr"], json.loads(snap["last_eval"])
+        if counters:
+            self.skipped, self.rollbacks = snap["skipped"], snap["rollbacks"]
+
+
+class Distiller:
+    """Distill ``train`` into a memory following ``config``.
+
+    Args:
+        config: the resolved run configuration (validated here).
+        train: the real training split; a validation split is carved from it for the
+            evaluations during distillation (the test split is never read here).
+        device: where everything runs.
+        initial_memory: start from (a copy of) this memory instead of a new one; it must
+            have the configured kind and fit ``train``'s image shape and classes (used by
+            continual learning to start a task from the previous task's bases).
+        dist: this process's place in a multi-process run (:mod:`.distributed`); each
+            rank computes its share of the ``outer.meta_batch`` unrolls, the
+            meta-gradients are summed over ranks, only rank 0 writes files. Default: one
+            process.
+    """
+
+    def __init__(self, config: DistillConfig, train: ImageDataset, device: str | torch.device = "cpu",
+                 initial_memory: Memory | None = None, dist: DistContext | None = None):
+        self.config = config.validate()
+        self.dist = dist or single_process()
+        self.initial_memory = initial_memory
+        self.device = torch.device(device)
+        self.train, self.val = train_val_split(train, config.evaluation.val_fraction, seed=config.seed)
+        if config.zca > 0:
+            # fitted on the part used for distillation only, then applied to validation too
+            zca = fit_zca(self.train, regularization=config.zca)
+            self.train, self.val = self.train.with_zca(zca), self.val.with_zca(zca)
+        ic = config.inner
+        self.label_space = create_label_space(config.memory.label_space, train.classes, dataset=train)
+        if not self.label_space.is_onehot and (config.memory.learned_labels or ic.classes_per_step):
+            raise ConfigError(f"memory.label_space={config.memory.label_space!r} cannot be combined with "
+                              "memory.learned_labels or inner.classes_per_step; turn those off")
+        self._inputs = StepInputs(
+            config=config, train=self.train,
+            real=place_real_data(self.train, self.device, config.data_on_device),
+            class_index=[self.train.indices_of_class(c) for c in range(self.train.num_classes)],
+            space=self.label_space,
+            inner_optimizer=create_inner_optimizer(
+                ic.optimizer, lr=ic.lr, **({"momentum": ic.momentum} if ic.optimizer == "sgd" else {})),
+            augment=None if ic.augment == "none" else create_augmentation(ic.augment),
+            arch_options=supported_options(ic.arch, width=ic.width, norm=ic.norm, depth=ic.depth or None),
+            device=self.device, dist=self.dist,
+        )
+        self._split = bool(config.outer.split_classes) and self.dist.distributed
+        if self._split:
+            check_class_split(config, self.train, self.label_space, self._inputs.arch_options, self.dist.world_size)
+
+    # ------------------------------------------------------------ building blocks
+    def new_memory(self) -> Memory:
+        """The memory the run starts from: a copy of ``initial_memory``, or a new one
+        of the label space's rows (initialised as ``memory.init`` says), on the
+        device, its tensors requiring grad."""
+        mc = self.config.memory
+        if self.initial_memory is not None:
+            return self._copy_initial_memory()
+        g = torch.Generator().manual_seed(int(self.config.seed))
+        opts: dict[str, Any] = {"learned_labels": mc.learned_labels}
+        if mc.kind == "bases":
+            opts.update(num_bases=mc.num_bases, downsample=mc.downsample)
+        mem = self.label_space.new_memory(mc.kind, self.train, mc.budget_ipc, mc.init, g, **opts)
+        mem.tensors = {k: v.to(self.device).requires_grad_() for k, v in mem.tensors.items()}
+        return mem
+
+    def _copy_initial_memory(self) -> Memory:
+        mc, init = self.config.memory, self.initial_memory
+        if (init.kind != mc.kind or tuple(init.image_shape) != self.train.image_shape
+                or init.num_classes != self.train.num_classes):
+            raise ConfigError(
+                f"initial_memory is a {init.kind!r} memory of {init.num_classes} classes at "
+                f"{tuple(init.image_shape)}; this run needs {mc.kind!r}, "
+                f"{self.train.num_classes} classes at {self.train.image_shape}"
+            )
+        mem = copy.copy(init)
+        mem.tensors = {k: v.detach().clone().to(self.device).requires_grad_() for k, v in init.tensors.items()}
+        return mem
+
+    def _outer_optimizer(self, params, lr: float) -> torch.optim.Optimizer:
+        return outer_optimizer(self.config.outer, params, lr)
+
+    def meta_step(self, memory: Memory, iteration: int, sample: int = 0) -> StepResult:
+        """Outer loss and meta-gradient of ``memory`` at ``iteration`` (pure in the memory)
+        for inner unroll ``sample`` of the iteration (its randomness: :func:`sample_generator`)."""
+        g = sample_generator(self.config.seed, iteration, sample)
+        return meta_step(self._inputs, memory, g, split=self._split)
+
+    def outer_gradient(self, memory: Memory, iteration: int) -> StepResult:
+        """The meta-gradient the outer step uses: the mean over ``outer.meta_batch``
+        inner unrolls, summed over all ranks (each computes unrolls ``j`` with
+        ``j mod world_size == rank``). Identical on every rank; with one unroll in one
+        process it is :meth:`meta_step` itself."""
+        return outer_gradient(self.meta_step, memory, iteration, self.config.outer.meta_batch, self.dist,
+                              self._split, self.device)
+
+    def evaluate_memory(self, memory: Memory, split: ImageDataset | None = None) -> dict[str, Any]:
+        ec = self.config.evaluation
+        x, y = self.label_space.class_examples(memory)
+        tc = TrainConfig(arch=ec.arch, arch_options=supported_options(ec.arch, width=ec.width),
+                         epochs=ec.epochs, lr=ec.lr,
+                         batch_size=ec.batch_size, augment=ec.augment)
+        res = evaluate(TrainingSet(x, y, device=self.device), split or self.val, tc, runs=ec.runs,
+                       seed=self.config.seed, device=self.device, dist=self.dist)
+        return {"split": (split or self.val).split, "mean": res.mean, "std": res.std,
+                "seconds": res.wall_seconds}
+
+    # ---------------------------------------------------------------- the loop
+    def run(
+        self,
+        checkpoint: PathLike | None = None,
+        metrics: PathLike | None = None,
+        resume: bool = False,
+        progress: bool = False,
+        stop_after: int | None = None,
+        time_limit: float | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+    ) -> DistillResult:
+        """Run the outer loop (in every rank of a multi-process run; rank 0 alone writes
+        the checkpoint and metrics, shows progress and calls ``callback``).
+
+        Args:
+            checkpoint: path of the periodic checkpoint (written atomically).
+            metrics: JSONL file, one record per outer iteration.
+            resume: continue from ``checkpoint`` when it exists.
+            stop_after: stop (after checkpointing) once this many iterations are done,
+                as if interrupted; used to test resume.
+            time_limit: stop (after checkpointing) at the end of the first iteration that
+                ends more than this many seconds after the loop started (e.g. a
+                scheduler's wall-time limit; ``--resume`` continues the run). The
+                iteration count is then machine-dependent: for reproducible results,
+                fix ``outer.iterations`` instead.
+        """
+        cfg = self.config
+        main = self.dist.is_main  # only rank 0 writes files and shows progress
+        if not main:
+            metrics = None
+        state = self._start(checkpoint if resume else None)
+        history = self._open_metrics(metrics, resume, state.iteration)
+        snapshot = state.snapshot()
+        total = cfg.outer.iterations
+        bar = tqdm(total=total, initial=state.iteration, desc="distill", unit="it", disable=not (progress and main))
+        started = time.perf_counter()
+        try:
+            while state.iteration < total:
+                record = self._outer_step(state, snapshot)
+                if record is None:  # rolled back to the snapshot
+                    continue
+                history.append(record)
+                if metrics:
+                    append_metrics(metrics, record)
+                if callback and main:
+                    callback(record)
+                loss, last_eval = record["loss"], state.last_eval
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", acc="-" if last_eval is None else f"{100 * last_eval['mean']:.1f}")
+                stop = self._should_stop(state.iteration, stop_after, time_limit, started)
+                if state.iteration % cfg.checkpoint_every == 0 or state.iteration == total or stop:
+                    snapshot = state.snapshot()
+                    if checkpoint and main:
+                        save_checkpoint(checkpoint, snapshot, cfg)
+                if stop:
+                    break
+        finally:
+            bar.close()
+        for p in state.memory.parameters():
+            p.requires_grad_(False)
+        return DistillResult(state.memory, state.iteration, state.skipped, state.rollbacks, history, state.last_eval)
+
+    def _start(self, checkpoint: PathLike | None) -> RunState:
+        """A new memory and outer optimiser, continued from ``checkpoint`` when it
+        exists (rank 0 reads it and hands its bytes to every rank: no shared disk needed)."""
+        memory = self.new_memory()
+        lr = self.config.outer.lr
+        state = RunState(memory, self._outer_optimizer(memory.parameters(), lr), lr=lr)
+        if checkpoint is None:
+            return state
+        main = self.dist.is_main
+        data = self.dist.broadcast_bytes(Path(checkpoint).read_bytes() if main and Path(checkpoint).exists() else None)
+        if data is not None:
+            snap = load_checkpoint(checkpoint, self.config, memory, data, device=self.device)
+            state.restore(snap, self._outer_optimizer)
+            if main:
+                log.info("resumed at iteration %d from %s", state.iteration, checkpoint)
+        return state
+
+    @staticmethod
+    def _open_metrics(metrics: PathLike | None, resume: bool, start: int) -> list[dict[str, Any]]:
+        """The records kept from before ``start`` (when resuming), else an empty file."""
+        if not metrics:
+            return []
+        if resume:
+            return read_metrics(metrics, start)
+        reset_metrics(metrics)
+        return []
+
+    def _outer_step(self, state: RunState, snapshot: dict[str, Any]) -> dict[str, Any] | None:
+        """One outer iteration: its metrics record, or ``None`` when too many non-finite
+        meta-gradients in a row sent the run back to ``snapshot`` (lr halved)."""
+        oc, ec = self.config.outer, self.config.evaluation
+        t0 = time.perf_counter()
+        it = state.iteration
+        loss, grads, inner_losses = self.outer_gradient(state.memory, it)
+        record: dict[str, Any] = {"iteration": it, "loss": loss, "lr": state.lr}
+        if math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grads):
+            state.failures_in_a_row = 0
+            self._update(state, grads, record)
+        else:
+            state.skipped += 1
+            state.failures_in_a_row += 1
+            record["skipped"] = True
+            if state.failures_in_a_row >= oc.max_failures:
+                self._roll_back(state, snapshot)
+                return None
+        state.iteration += 1
+        record["inner_loss_last"] = inner_losses[-1] if inner_losses else None
+        record["seconds"] = time.perf_counter() - t0
+        if (ec.every and state.iteration % ec.every == 0) or state.iteration == oc.iterations:
+            state.last_eval = self.evaluate_memory(state.memory)
+            record["eval"] = state.last_eval
+        return record
+
+    def _update(self, state: RunState, grads, record: dict[str, Any]) -> None:
+        """One outer optimiser step along ``grads`` (clipped, on the lr schedule)."""
+        oc = self.config.outer
+        params = state.memory.parameters()
+        for p, g in zip(params, grads):
+            p.grad = g.to(p.dtype)
+        if oc.clip > 0:
+            record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, oc.clip))
+        if oc.schedule == "cosine":
+            for group in state.optimizer.param_groups:
+                group["lr"] = state.lr * 0.5 * (1 + math.cos(math.pi * state.iteration / max(oc.iterations, 1)))
+        state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+
+    def _roll_back(self, state: RunState, snapshot: dict[str, Any]) -> None:
+        state.restore(snapshot, self._outer_optimizer, counters=False)
+        state.lr = state.lr / 2
+        for group in state.optimizer.param_groups:
+            group["lr"] = state.lr
+        state.rollbacks += 1
+        state.failures_in_a_row = 0
+        if self.dist.is_main:
+            log.warning("%d non-finite meta-gradients in a row: rolled back to iteration %d, lr halved to %g",
+                        self.config.outer.max_failures, state.iteration, state.lr)
+
+    def _should_stop(self, done: int, stop_after: int | None, time_limit: float | None, started: float) -> bool:
+        stop = stop_after is not None and done >= stop_after
+        if time_limit is not None:
+            # rank 0's clock decides for all, or the next iteration's collectives hang
+            stop = stop or bool(self.dist.broadcast_object(time.perf_counter() - started > time_limit))
+        return stop
+
+
+def place_real_data(data: ImageDataset, device: torch.device, mode: str) -> ImageDataset:
+    """The real images the outer loss samples from: kept on the device as uint8 when
+    ``mode`` (``data_on_device``) allows and they fit (``auto``: at most a quarter of
+    the device's free memory), else left on the host and streamed batch by batch."""
+    if device.type == "cpu" or mode == "never":
+        return data
+    need = data.images.numel() * data.images.element_size()
+    if mode == "auto" and device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > free // 4:
+            log.info("real images (%.2f GB) streamed from the host: more than a quarter of %s's free "
+                     "memory", need / 1e9, device)
+            return data
+    return dataclasses.replace(data, images=data.images.to(device), labels=data.labels.to(device))

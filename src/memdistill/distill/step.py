@@ -1,0 +1,239 @@
+"""The meta step: one inner unroll's outer loss and meta-gradient of the memory, and
+the meta batch (the mean over ``outer.meta_batch`` unrolls, summed over processes).
+
+A meta step draws, from its own random stream: the classes of the unroll (with
+``inner.classes_per_step``), a fresh inner network, the unroll length (with
+``outer.random_truncation``), the plans of the inner steps, and the real batch. With
+``outer.split_classes`` each process computes its share of the classes of the unroll
+(:func:`class_share`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import torch
+
+from ..config import DistillConfig
+from ..data import ImageDataset
+from ..distributed import DistContext, sum_over_ranks
+from ..engine import ClassSplit, InnerOptimizer, draw_plans, meta_gradient
+from ..errors import ConfigError
+from ..labels import LabelSpace
+from ..memory import Memory
+from ..models import create_model, functional_forward
+
+__all__ = ["StepInputs", "StepResult", "meta_step", "outer_gradient", "class_share", "check_class_split"]
+
+Tensors = tuple[torch.Tensor, ...]
+
+
+class StepResult(NamedTuple):
+    """The outer loss and meta-gradient of one outer iteration (or one unroll of it).
+
+    Unpacks as ``loss, grads, inner_losses``.
+
+    Attributes:
+        loss: the outer loss.
+        grads: its gradient with respect to each memory tensor (ordered as
+            ``memory.names``, same shapes), coefficient penalty included; identical on
+            every process for :func:`outer_gradient`.
+        inner_losses: the inner training loss of each inner step of the unroll (for
+            the mean over several unrolls: one number, the mean last inner loss; empty
+            when no unroll had one).
+    """
+
+    loss: float
+    grads: Tensors
+    inner_losses: list[float]
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What every meta step of a run uses (built once by the :class:`~.Distiller`).
+
+    Attributes:
+        config: the run configuration.
+        train: the distillation split (shapes and classes).
+        real: the same images, where the real batches are read from (maybe on the device).
+        class_index: per class, the indices of its images in ``train``.
+        space: the label space of the memory's rows.
+        inner_optimizer: the optimiser of the unrolled inner training.
+        augment: the augmentation of inner and real batches (``None``: none).
+        arch_options: options of the inner network.
+        device: where the unroll runs.
+        dist: this process's place in the run.
+    """
+
+    config: DistillConfig
+    train: ImageDataset
+    real: ImageDataset
+    class_index: list[torch.Tensor]
+    space: LabelSpace
+    inner_optimizer: InnerOptimizer
+    augment: Any
+    arch_options: dict[str, Any]
+    device: torch.device
+    dist: DistContext
+
+
+def _weighted(loss_fn: Callable[..., torch.Tensor], weight: float) -> Callable[..., torch.Tensor]:
+    return lambda *args: loss_fn(*args) * weight
+
+
+def _inner_network(inputs: StepInputs, g: torch.Generator):
+    """A freshly initialised inner network: its pure ``forward(params, x)`` (through
+    the label space) and its initial parameters."""
+    cfg, train = inputs.config, inputs.train
+    model = create_model(cfg.inner.arch, train.in_channels, inputs.space.width, train.image_shape[1:], generator=g,
+                         device=inputs.device, **inputs.arch_options)
+    names = [n for n, _ in model.named_parameters()]
+    init = tuple(p.detach() for p in model.parameters())
+    channels_last = cfg.channels_last and inputs.device.type == "cuda"
+
+    def forward(params, x):
+        if channels_last:  # NHWC activations for tensor-core convolutions (unmeasured here)
+            x = x.contiguous(memory_format=torch.channels_last)
+        return functional_forward(model, dict(zip(names, params)), x)
+
+    return inputs.space.wrap_forward(forward), init
+
+
+def _real_batch(inputs: StepInputs, cls_list, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``outer.real_per_class`` real images of each class of ``cls_list``, augmented."""
+    k = inputs.config.outer.real_per_class
+    index = inputs.class_index
+    idx = torch.cat([index[c][torch.randint(len(index[c]), (k,), generator=g)] for c in cls_list])
+    xr, yr = inputs.real.batch(idx, device=inputs.device)
+    if inputs.augment is not None:
+        xr = inputs.augment.apply(xr, inputs.augment.sample(xr.shape, g))
+    return xr, yr
+
+
+def _coefficient_penalty(inputs: StepInputs, memory: Memory, grads: list[torch.Tensor], split: bool) -> None:
+    """Add the gradient of ``memory.coeff_penalty`` on the addressing (in place)."""
+    mc = inputs.config.memory
+    if mc.kind == "bases" and mc.coeff_penalty != "none" and mc.coeff_alpha > 0 and (
+            not split or inputs.dist.is_main):  # a split unroll's gradients are summed over ranks
+        i = memory.names.index("addressing")
+        a = memory.tensors["addressing"].detach()
+        grads[i] = grads[i] + mc.coeff_alpha * (2 * a if mc.coeff_penalty == "l2" else torch.sign(a))
+
+
+def meta_step(inputs: StepInputs, memory: Memory, g: torch.Generator, split: bool = False) -> StepResult:
+    """Outer loss and meta-gradient of ``memory`` for one inner unroll, pure in the
+    memory, all its randomness drawn from ``g``.
+
+    Args:
+        split: compute this process's share of the unroll's classes
+            (``outer.split_classes``); the memory gradient is then this process's part
+            (:class:`~memdistill.engine.MetaGradient`), to be summed over processes.
+    """
+    ic, oc, space = inputs.config.inner, inputs.config.outer, inputs.space
+    L = inputs.train.num_classes
+    classes = None
+    if ic.classes_per_step and ic.classes_per_step < L:
+        classes = torch.randperm(L, generator=g)[: ic.classes_per_step].sort().values
+    forward, init = _inner_network(inputs, g)
+    steps, window = ic.steps, (oc.window or None)
+    if oc.random_truncation:
+        steps = int(torch.randint(oc.window, ic.steps + 1, (), generator=g))
+    plans = draw_plans(steps, space.rows, memory.slots, ic.n_per_class, g, inputs.train.image_shape,
+                       inputs.augment, classes)
+    cls_list = range(L) if classes is None else classes.tolist()
+    xr, yr = _real_batch(inputs, cls_list, g)
+    shares, outer_weight = None, 1.0
+    if split:  # outer.split_classes: this rank's share of the classes of the unroll
+        plans, xr, yr, outer_weight, shares = class_share(inputs.dist, plans, xr, yr, len(cls_list))
+
+    def outer_loss(params):
+        return space.class_loss(forward(params, xr), yr)
+
+    if split:
+        outer_loss = _weighted(outer_loss, outer_weight)
+    res = meta_gradient(memory.parameters(), space.recall_rows(memory, inputs.augment), forward, init,
+                        inputs.inner_optimizer, plans, outer_loss, mode=oc.unroll, window=window, split=shares)
+    grads = list(res.grads)
+    _coefficient_penalty(inputs, memory, grads, split)
+    return StepResult(float(res.loss), tuple(grads), res.inner_losses)
+
+
+def outer_gradient(step: Callable[..., StepResult], memory: Memory, iteration: int, meta_batch: int,
+                   dist: DistContext, split: bool, device: torch.device) -> StepResult:
+    """The meta-gradient the outer step uses: the mean over ``meta_batch`` unrolls
+    ``step(memory, iteration, sample=j)``, summed over all ranks (each computes unrolls
+    ``j`` with ``j mod world_size == rank``; with ``split`` every rank takes its share
+    of every unroll). Identical on every rank; with one unroll in one process it is
+    ``step(memory, iteration)`` itself."""
+    M = meta_batch
+    if M == 1 and not dist.distributed:
+        return StepResult(*step(memory, iteration))
+    acc: list[torch.Tensor] | None = None
+    stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, last inner loss sum, unrolls with one
+    # split classes: every rank takes part in every unroll (its losses are already totals)
+    samples = range(M) if split else dist.shard(M)
+    stats_scale = 1.0 / dist.world_size if split else 1.0
+    for j in samples:
+        loss, grads, inner = step(memory, iteration, sample=j)
+        acc = [g.clone() for g in grads] if acc is None else [a + g for a, g in zip(acc, grads)]
+        stats[0] += loss * stats_scale
+        if inner:
+            stats[1] += inner[-1] * stats_scale
+            stats[2] += stats_scale
+    if acc is None:  # more ranks than unrolls: this rank contributes nothing
+        acc = [torch.zeros_like(p) for p in memory.parameters()]
+    acc = sum_over_ranks(dist, acc)
+    dist.all_reduce_sum(stats)
+    grads = tuple(a / M for a in acc)
+    inner_last = [float(stats[1] / stats[2])] if stats[2] > 0 else []
+    return StepResult(float(stats[0] / M), grads, inner_last)
+
+
+def class_share(dist: DistContext, plans, xr, yr, num_classes: int):
+    """This rank's share of one unroll: class positions ``p`` with
+    ``p mod world_size == rank`` of every inner batch and of the real batch, with the
+    weights that make the ranks' losses add up to the whole batch's mean.
+
+    Returns ``(plans, xr, yr, outer_weight, split)``: this rank's plans and real batch,
+    the weight of its outer loss and the :class:`~memdistill.engine.ClassSplit`.
+    """
+    W, r = dist.world_size, dist.rank
+    rows = len(yr) // num_classes
+    keep = (torch.arange(len(yr)) // rows) % W == r
+    outer_weight = float(keep.sum()) / len(yr)
+    xr, yr = xr[keep.to(xr.device)], yr[keep.to(yr.device)]
+    shared, weights = [], []
+    for plan in plans:
+        n = len(plan["classes"])
+        mine = (torch.arange(n) // (n // num_classes)) % W == r
+        part = {k: v[mine] for k, v in plan.items() if k != "aug"}
+        if "aug" in plan:  # per-image parameters follow their images; per-batch ones stay
+            part["aug"] = {k: v[mine] if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == n else v
+                           for k, v in plan["aug"].items()}
+        shared.append(part)
+        weights.append(float(mine.sum()) / n)
+    return shared, xr, yr, outer_weight, ClassSplit(lambda ts: sum_over_ranks(dist, ts), weights)
+
+
+def check_class_split(config: DistillConfig, train: ImageDataset, space: LabelSpace, arch_options: dict[str, Any],
+                      world_size: int) -> None:
+    """``outer.split_classes`` is exact only when examples do not interact inside the
+    inner network (no batch norm) and every rank gets at least one class; else
+    :class:`ConfigError`."""
+    cfg, W = config, world_size
+    per_unroll = cfg.inner.classes_per_step or train.num_classes
+    problems = []
+    if not space.is_onehot:
+        problems.append("memory.label_space must be onehot")
+    if cfg.outer.unroll != "checkpointed":
+        problems.append("outer.unroll must be checkpointed")
+    if per_unroll < W:
+        problems.append(f"each unroll has {per_unroll} classes, fewer than the {W} ranks")
+    probe = create_model(cfg.inner.arch, train.in_channels, train.num_classes, train.image_shape[1:], **arch_options)
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in probe.modules()):
+        problems.append(f"the inner network ({cfg.inner.arch}) uses batch norm, which mixes the "
+                        "classes of a batch; use inner.norm=instance")
+    if problems:
+        raise ConfigError("outer.split_classes (one unroll split over ranks by class) cannot run: "
+                          + "; ".join(problems) + "; or set outer.split_classes=false")
