@@ -148,6 +148,19 @@ def test_distill_resume_via_cli_and_bad_inputs(data_root, tmp_path, capsys):
     assert "minimum" in capsys.readouterr().err
 
 
+def test_refused_resume_writes_nothing(data_root, tmp_path, capsys):
+    """A ``--resume`` refused because the checkpoint holds another configuration leaves
+    the previous run's files (memory, resolved configuration, metrics) untouched."""
+    out = tmp_path / "r.mem.safetensors"
+    assert main(_distill_args(data_root, out)) == 0
+    files = sorted(p for p in tmp_path.iterdir() if p.is_file())
+    before = {p.name: p.read_bytes() for p in files}
+    capsys.readouterr()
+    assert main(_distill_args(data_root, out) + ["--resume", "--seed", "7"]) == 2
+    assert "different seed" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in sorted(tmp_path.iterdir()) if p.is_file()} == before
+
+
 @pytest.mark.parametrize("extra, kind, bases", [
     ([], "bases", 64),
     (["--memory", "images"], "images", 16),

@@ -69,6 +69,23 @@ def _distill_config(args: argparse.Namespace):
     return cfg.validate()
 
 
+def _refuse_bad_resume(dist, checkpoint: Path, cfg) -> None:
+    """Refuse ``--resume`` from a checkpoint of another configuration before any file is
+    written (rank 0 reads the checkpoint; every rank refuses together)."""
+    from ..distill import check_resume
+    from ..errors import MemdistillError
+
+    problem = None
+    if dist.is_main:
+        try:
+            check_resume(checkpoint, cfg)
+        except MemdistillError as exc:
+            problem = exc
+    problem = dist.broadcast_object(problem)
+    if problem is not None:
+        raise problem
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     from ..config import config_to_dict
     from ..data import load_dataset
@@ -87,6 +104,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if cfg.tf32 and device.type == "cuda":  # this process is ours: set the backend flags here
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if args.resume:
+        _refuse_bad_resume(dist, checkpoint, cfg)  # a refused command writes nothing
     train = rank0_first(dist, lambda: load_dataset(cfg.dataset, "train", root=args.root, download=args.download))
     if dist.is_main:
         atomic_write_json(Path(f"{base}.config.json"), config_to_dict(cfg))
@@ -100,11 +119,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
     metrics_final = {"iterations": result.iterations, "skipped_updates": result.skipped,
                      "rollbacks": result.rollbacks, "validation": result.last_eval,
                      "distill_seconds_this_session": seconds}
-    space = distiller.label_space  # None: one-hot classes; else the coordinates are the label space's
-    save_memory(out, result.memory, dataset=cfg.dataset,
-                classes=list(train.classes) if space is None else list(space.coordinates), mean=train.mean,
+    space = distiller.label_space  # one-hot: the class names; else the label space's coordinates
+    save_memory(out, result.memory, dataset=cfg.dataset, classes=list(space.coordinates), mean=train.mean,
                 std=train.std, zca=distiller.train.zca, config=config_to_dict(cfg), metrics=metrics_final,
-                train_size=len(train), extra=None if space is None else {"label_space": space.to_record()})
+                train_size=len(train), extra=space.file_extra())
     rep = result.memory.report(len(train))
     rows = [(cfg.dataset, cfg.memory.kind, cfg.memory.budget_ipc, result.memory.slots, rep.examples,
              rep.floats_stored, result.iterations,
