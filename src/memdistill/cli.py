@@ -147,36 +147,16 @@ def cmd_evaluate_subset(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------- distill
 def _distill_config(args: argparse.Namespace):
-    from .config import apply_overrides, load_toml, preset_config
+    from .config import parse_sets, resolve
 
-    toml = load_toml(args.config) if args.config else {}
     flags = {
         "memory.kind": args.memory, "memory.num_bases": args.bases, "memory.downsample": args.downsample,
         "memory.learned_labels": args.learned_labels, "inner.steps": args.inner_steps,
         "outer.iterations": args.iterations, "seed": args.seed, "outer.unroll": args.unroll,
         "outer.window": args.window, "device": args.device,
     }
-    sets = []
-    for item in args.set or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. inner.lr=0.02), got {item!r}")
-        key, value = item.split("=", 1)
-        sets.append((key.strip(), value.strip()))
-
-    def build(kind: str):
-        cfg = preset_config(args.preset, args.dataset, args.budget_ipc, kind=kind)
-        apply_overrides(cfg, toml, source=str(args.config))
-        apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, source="command line")
-        for key, value in sets:
-            apply_overrides(cfg, {key: value}, source="--set")
-        return cfg
-
-    cfg = build("bases")
-    if cfg.memory.kind != "bases":  # a preset's budget-10 settings are for ``bases`` memories only
-        cfg = build(cfg.memory.kind)
-    cfg.dataset = args.dataset
-    cfg.memory.budget_ipc = float(args.budget_ipc)
-    return cfg.validate()
+    return resolve(args.preset, args.dataset, args.budget_ipc, toml=args.config or None, flags=flags,
+                   sets=parse_sets(args.set))
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -351,6 +331,7 @@ def cmd_derive(args: argparse.Namespace) -> int:
 
 def cmd_continual(args: argparse.Namespace) -> int:
     from ._machine import describe_machine
+    from .config import parse_sets
     from .continual import (ALL_STRATEGIES, LearnerConfig, StrategyOptions, create_benchmark, format_table,
                             plot_results, run_continual, save_results)
     from .continual.strategies import STRATEGIES
@@ -358,12 +339,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     names = list(ALL_STRATEGIES) if args.strategy == "all" else [s.strip() for s in args.strategy.split(",") if s.strip()]
     for n in names:
         STRATEGIES.get(n)
-    overrides = {}
-    for item in args.set or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. outer.iterations=20), got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = value.strip()
+    overrides = dict(parse_sets(args.set, example="outer.iterations=20"))
     if args.iterations is not None:
         overrides["outer.iterations"] = args.iterations
     device = str(_device(args.device))

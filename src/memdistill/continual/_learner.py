@@ -24,19 +24,20 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_write_bytes, atomic_write_json
 from ..data import ImageDataset
+from ..config import TrainOptions
 from ..errors import ConfigError
 from ..evaluate import TrainingSet
 from ..memory import stored_float_budget
-from ..models import create_model, supported_options
+from ..models import create_model
 from .benchmarks import Benchmark
-from .strategies import ALL_STRATEGIES, StrategyOptions, check_budget_fits, create_strategy
+from .strategies import ALL_STRATEGIES, StrategyOptions, create_strategy
 
 __all__ = ["LearnerConfig", "ContinualResult", "run_continual", "run_comparison",
            "format_table", "save_results", "plot_results"]
 
 
 @dataclass
-class LearnerConfig:
+class LearnerConfig(TrainOptions):
     """How the classifier is trained after each task and how it is tested.
 
     Attributes:
@@ -52,13 +53,11 @@ class LearnerConfig:
         device: where the classifier trains.
     """
 
-    training: str = "scratch"
-    arch: str = "convnet"
     width: int = 32
+    batch_size: int = 128
+    training: str = "scratch"
     depth: int = 0  # 0: the network's default (ConvNet-4 suits 64-pixel images)
     steps: int = 300
-    batch_size: int = 128
-    lr: float = 0.01
     momentum: float = 0.9
     test_per_class: int | None = None
     seed: int = 0
@@ -165,12 +164,12 @@ def run_continual(
     """
     options = options or StrategyOptions()
     learner = learner or LearnerConfig()
-    check_budget_fits(strategy, options, benchmark.image_shape, [len(t) for t in benchmark.tasks])
     strat = create_strategy(strategy, options)
+    strat.check_fits(benchmark)
     result = ContinualResult(benchmark.name, strategy, options.budget_ipc,
                              "continue" if strat.keeps_model else learner.training)
     c, h, w = benchmark.image_shape
-    arch_options = supported_options(learner.arch, width=learner.width, depth=learner.depth or None)
+    arch_options = learner.arch_options()
     g = torch.Generator().manual_seed(int(learner.seed))
     model = None
     bar = tqdm(total=benchmark.num_tasks, desc=f"{benchmark.name} {strategy}", unit="task",
@@ -218,7 +217,7 @@ def run_comparison(
     ``callback(name, result)`` after each strategy (e.g. to save partial results)."""
     options = options or StrategyOptions()
     for name in strategies:  # fail on a budget that cannot fit before any work
-        check_budget_fits(name, options, benchmark.image_shape, [len(t) for t in benchmark.tasks])
+        create_strategy(name, options).check_fits(benchmark)
     out = []
     for name in strategies:
         out.append(run_continual(benchmark, name, options, learner, progress=progress))
