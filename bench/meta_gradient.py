@@ -29,16 +29,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def one_cell(mode: str, steps: int, budget: float, width: int, iterations: int) -> dict:
-    from memdistill.config import DistillConfig, apply_overrides
+    from memdistill.config import resolve
     from memdistill.data import load_dataset
     from memdistill.distill import Distiller
 
-    cfg = DistillConfig(dataset="mnist")
-    apply_overrides(cfg, {
-        "memory": {"budget_ipc": budget, "num_bases": 16, "downsample": 2},
+    # the reference (``paper``) protocol, at this cell's width, unroll and budget
+    cfg = resolve("paper", "mnist", budget, flags={
+        "memory": {"num_bases": 16, "downsample": 2},
         "inner": {"width": width, "steps": steps, "n_per_class": 10, "augment": "none"},
         "outer": {"unroll": mode, "real_per_class": 64},
-    })
+    }, flags_source="bench")
     d = Distiller(cfg, load_dataset("mnist", "train"))
     mem = d.new_memory()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -63,13 +63,13 @@ def flops_per_iteration(width: int) -> tuple[float, float]:
 
     counts = []
     for steps in (2, 3):
-        from memdistill.config import DistillConfig, apply_overrides
+        from memdistill.config import resolve
         from memdistill.data import load_dataset
         from memdistill.distill import Distiller
 
-        cfg = DistillConfig(dataset="mnist")
-        apply_overrides(cfg, {"memory": {"budget_ipc": 1}, "inner": {"width": width, "steps": steps,
-                              "n_per_class": 10, "augment": "none"}, "outer": {"real_per_class": 64}})
+        cfg = resolve("paper", "mnist", 1, flags={"inner": {"width": width, "steps": steps, "n_per_class": 10,
+                                                            "augment": "none"}, "outer": {"real_per_class": 64}},
+                      flags_source="bench")
         d = Distiller(cfg, load_dataset("mnist", "train"))
         mem = d.new_memory()
         with FlopCounterMode(display=False) as fc:

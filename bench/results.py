@@ -21,6 +21,7 @@ checkpoints of one run, to time when an accuracy is reached; no choice depends o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -37,14 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import DOCS, machine, replace_block, today  # noqa: E402
 
 from memdistill._io import atomic_write_json, atomic_write_text  # noqa: E402
-from memdistill.config import apply_overrides, config_to_dict, preset_config  # noqa: E402
+from memdistill.config import DistillConfig, config_to_dict, parse_sets, resolve  # noqa: E402
 from memdistill.data import load_dataset  # noqa: E402
 from memdistill.distill import Distiller  # noqa: E402
 from memdistill.errors import ConfigError, MemdistillError  # noqa: E402
 from memdistill.evaluate import TrainConfig, TrainingSet, evaluate, select_subset, test_network  # noqa: E402
 from memdistill.evaluate._train import train_network  # noqa: E402
 from memdistill.memory.file import load_memory, save_memory  # noqa: E402
-from memdistill.models import supported_options  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("mnist", "fashion-mnist")
@@ -160,19 +160,20 @@ class Runner:
         return self.out_dir / f"{cell}.json"
 
     def train_config(self, ds: str, arch: str = "convnet", epochs: int | None = None) -> TrainConfig:
-        """The evaluation protocol (augmentation as the preset evaluates, for every row)."""
-        augment = preset_config(self.preset, ds).evaluation.augment
-        return TrainConfig(arch=arch, arch_options=supported_options(arch, width=self.protocol.eval_width),
-                           epochs=epochs or self.protocol.eval_epochs, augment=augment)
+        """The evaluation protocol: the preset's evaluation options (augmentation, lr, batch
+        size) with the protocol's width and epochs, for every row."""
+        options = dataclasses.replace(resolve(self.preset, ds).evaluation, arch=arch,
+                                      width=self.protocol.eval_width, epochs=epochs or self.protocol.eval_epochs)
+        return TrainConfig.from_options(options)
 
-    def distill_config(self, ds: str, budget: int, kind: str, extra: dict[str, Any] | None = None):
-        cfg = preset_config(self.preset, ds, budget, kind=kind)
+    def distill_config(self, ds: str, budget: int, kind: str, extra: dict[str, Any] | None = None) -> DistillConfig:
+        """The preset's configuration of a ``kind`` memory, the ablation's changes as flags
+        and this runner's configuration overrides as ``--set``."""
         extra = dict(extra or {})
         if extra.get("outer.window") == -1:  # half of the (preset's) unroll
-            extra["outer.window"] = max(1, cfg.inner.steps // 2)
-        apply_overrides(cfg, extra, source="ablation")
-        apply_overrides(cfg, {k: v for k, v in self.overrides.items() if "." in k}, source="--set")
-        return cfg.validate()
+            extra["outer.window"] = max(1, resolve(self.preset, ds, budget, kind=kind).inner.steps // 2)
+        sets = [(k, v) for k, v in self.overrides.items() if "." in k]
+        return resolve(self.preset, ds, budget, kind=kind, flags=extra, flags_source="ablation", sets=sets)
 
     def common(self, cell: str) -> dict[str, Any]:
         return {"cell": cell, "preset": self.preset, "machine": machine(), "date": today(),
@@ -494,13 +495,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out_dir = Path(args.out_dir or DOCS / "bench" / "results" / args.preset)
     mem_dir = Path(args.mem_dir or ROOT / "outputs" / "results" / args.preset)
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            p.error(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = v.strip()
     try:
+        overrides = dict(parse_sets(args.set, example="outer.iterations=2"))
         if args.only:
             names = [n.strip() for n in args.only.split(",") if n.strip()]
             for n in names:

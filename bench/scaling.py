@@ -44,16 +44,15 @@ def _sync(device: torch.device) -> None:
 
 def worker(spec: dict) -> None:
     """One rank of a cell (run under torchrun)."""
-    import memdistill.distill as distill_module
-    from memdistill.config import apply_overrides, preset_config
+    import memdistill.distill.step as distill_module  # where the meta step sums over ranks
+    from memdistill.config import resolve
     from memdistill.data import load_dataset
     from memdistill.distill import Distiller
     from memdistill.distributed import init_distributed
 
     torch.set_num_threads(spec["threads"])
     dist, device = init_distributed(os.environ, spec["device"], timeout_s=900)
-    cfg = preset_config(spec["preset"], "mnist", spec["budget"])
-    apply_overrides(cfg, spec["overrides"], source="bench")
+    cfg = resolve(spec["preset"], "mnist", spec["budget"], flags=spec["overrides"], flags_source="bench")
     d = Distiller(cfg, load_dataset("mnist", "train", root=spec.get("root")), device=device, dist=dist)
     mem = d.new_memory()
 

@@ -16,6 +16,7 @@ rebuilds the table of ``docs/RESULTS.md`` (block ``tuning``) from those files on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -29,12 +30,11 @@ import torch  # noqa: E402
 
 from _report import DOCS, machine, replace_block, today  # noqa: E402
 from memdistill._io import atomic_write_json  # noqa: E402
-from memdistill.config import apply_overrides, config_to_dict, preset_config  # noqa: E402
+from memdistill.config import DistillConfig, base_schedule, config_to_dict, resolve  # noqa: E402
 from memdistill.data import load_dataset  # noqa: E402
 from memdistill.distill import Distiller  # noqa: E402
 from memdistill.errors import MemdistillError  # noqa: E402
 from memdistill.evaluate import TrainConfig, TrainingSet, evaluate  # noqa: E402
-from memdistill.models import supported_options  # noqa: E402
 
 OUT = DOCS / "bench" / "tuning"
 
@@ -65,21 +65,26 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def candidate_config(name: str, args) -> DistillConfig:
+    """The base preset with the candidate's changes. It starts from the preset's own K, T
+    and outer lr at every budget (its budget-10 settings are what tuning chooses); the
+    wall-time budget decides the iterations, unless the candidate fixes them."""
+    flags = {**base_schedule(args.base), "outer.iterations": 1_000_000, "evaluation.every": 0,
+             **CANDIDATES[name][1]}
+    return resolve(args.base, args.dataset, args.budget, flags=flags, flags_source=f"candidate {name!r}")
+
+
 def run_candidate(name: str, args) -> dict[str, Any]:
     change, overrides = CANDIDATES[name]
-    cfg = preset_config(args.base, args.dataset, args.budget, budget_settings=False)  # what tuning chooses
-    # the wall-time budget decides the iterations, unless the candidate fixes them
-    apply_overrides(cfg, {"outer.iterations": 1_000_000, "evaluation.every": 0, **overrides},
-                    source=f"candidate {name!r}")
+    cfg = candidate_config(name, args)
     train = load_dataset(args.dataset, "train", root=args.root)
     distiller = Distiller(cfg, train)
     t0 = time.perf_counter()
     result = distiller.run(progress=not args.no_progress, time_limit=args.seconds)
     seconds = time.perf_counter() - t0
     x, y = result.memory.recall()
-    tc = TrainConfig(arch="convnet", arch_options=supported_options("convnet", width=args.eval_width),
-                     epochs=args.eval_epochs, lr=cfg.evaluation.lr, batch_size=cfg.evaluation.batch_size,
-                     augment=cfg.evaluation.augment)
+    tc = TrainConfig.from_options(dataclasses.replace(cfg.evaluation, arch="convnet", width=args.eval_width,
+                                                      epochs=args.eval_epochs))
     val = evaluate(TrainingSet(x, y), distiller.val, tc, runs=args.eval_runs, seed=cfg.seed,
                    progress=not args.no_progress)
     cfg.outer.iterations = result.iterations  # what actually ran

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from memdistill.cli import main
+from memdistill.errors import ConfigError
 
 FAST = ["--runs", "1", "--epochs", "2", "--width", "8", "--no-progress"]
 
@@ -265,3 +266,35 @@ def test_continual_record_has_the_same_header(data_root, tmp_path):
     rec = json.loads(out.read_text())
     assert list(rec)[:5] == ["command", "argv", "version", "date", "machine"] and rec["command"] == "continual"
     assert isinstance(rec["machine"], str) and "torch" in rec["machine"]  # the line continual tables print
+
+
+def test_resolve_applies_preset_budget_toml_flags_and_sets_in_that_order(tmp_path):
+    from memdistill.config import base_schedule, parse_sets, resolve
+
+    toml = tmp_path / "run.toml"
+    toml.write_text("seed = 4\n[inner]\nsteps = 12\nlr = 0.5\n")
+    cfg = resolve("cpu-quick", "mnist", 10, toml=toml)
+    assert (cfg.seed, cfg.inner.steps, cfg.inner.lr, cfg.memory.num_bases) == (4, 12, 0.5, 64)  # TOML over budget
+    cfg = resolve("cpu-quick", "mnist", 10, toml=toml, flags={"inner.steps": 13, "seed": None},
+                  sets=[("inner.steps", "14"), ("inner.lr", "0.25")])
+    assert (cfg.seed, cfg.inner.steps, cfg.inner.lr) == (4, 14, 0.25)  # --set over flags over TOML
+    assert resolve("cpu-quick", "mnist", 10, flags={"inner.steps": 13}).inner.steps == 13
+    # the kind is decided first: the budget settings are for ``bases`` memories only
+    toml.write_text('[memory]\nkind = "images"\n')
+    assert resolve("cpu-quick", "mnist", 10, toml=toml).memory.num_bases == 16
+    assert resolve("cpu-quick", "mnist", 10, toml=toml, flags={"memory.kind": "bases"}).memory.num_bases == 64
+    assert resolve("cpu-quick", "mnist", 10, kind="images", sets=[("memory.kind", "bases")]).inner.steps == 40
+    # the preset's own schedule as flags wins over its budget settings
+    assert base_schedule("paper") == {}
+    own = resolve("cpu-quick", "mnist", 10, flags=base_schedule("cpu-quick"))
+    assert (own.memory.num_bases, own.inner.steps, own.outer.iterations) == (16, 10, 40)
+    # dataset and budget are the arguments', whatever the layers say
+    cfg = resolve("cpu", "cifar10", 2, sets=[("dataset", "mnist"), ("memory.budget_ipc", "5")])
+    assert (cfg.dataset, cfg.memory.budget_ipc, cfg.zca) == ("cifar10", 2.0, 0.1)
+    with pytest.raises(ConfigError, match="inner.window"):
+        resolve("cpu", "mnist", 1, flags={"inner.window": 1}, flags_source="ablation")
+    with pytest.raises(ConfigError, match="outer.window must be in"):
+        resolve("cpu", "mnist", 1, sets=[("outer.window", "500")])
+    assert parse_sets([" inner.lr = 0.02", "a=b=c"]) == [("inner.lr", "0.02"), ("a", "b=c")]
+    with pytest.raises(ConfigError, match=r"--set expects KEY=VALUE \(e.g. inner.lr=0.02\), got 'inner.lr'"):
+        parse_sets(["inner.lr"])

@@ -230,7 +230,7 @@ def test_memories_beat_finetune_on_split_mnist(split_mnist):
 
 def test_memories_can_start_from_the_previous_tasks_bases():
     from memdistill.continual import create_strategy
-    from memdistill.config import preset_config
+    from memdistill.config import resolve
     from memdistill.distill import Distiller
 
     b = _synthetic_benchmark()
@@ -247,7 +247,7 @@ def test_memories_can_start_from_the_previous_tasks_bases():
     data = b.train.subset(torch.nonzero(b.train.labels < 3).flatten())
     data = data.__class__(**{**data.__dict__, "classes": data.classes[:3]})
     with pytest.raises(ConfigError, match="initial_memory is a 'bases' memory of 2 classes"):
-        Distiller(preset_config("cpu-quick", "synthetic"), data,
+        Distiller(resolve("cpu-quick", "synthetic"), data,
                   initial_memory=strat.memories[0][1]).new_memory()
 
 
@@ -268,3 +268,45 @@ def test_cli_runs_a_comparison_and_reports_errors(tmp_path, data_root, capsys):
     assert "cifar10" in capsys.readouterr().err
     assert main(["continual", "--benchmark", "split-mnist", "--strategy", "replay", "--root", str(data_root)]) == 2
     assert "valid choices" in capsys.readouterr().err
+
+
+def test_strategies_are_classes_registered_under_their_names():
+    from memdistill.continual.strategies import STRATEGIES
+
+    for name in ALL_STRATEGIES:
+        cls = STRATEGIES.get(name)
+        assert cls.name == name and cls.__name__ == f"{name.title()}Strategy"
+    assert sorted(STRATEGIES) == sorted(ALL_STRATEGIES)
+
+
+def test_task_memories_size_themselves_and_keep_the_preset_schedule_at_budget_10():
+    """A task memory's K comes from its share of the budget; the preset's budget-10 choice
+    (K = 64, T = 40, lr 0.001, 10 iterations, for whole 10-class datasets) does not reach
+    it, and ``distill_overrides`` win over everything."""
+    from memdistill.continual import auto_num_bases, create_strategy
+
+    mem = create_strategy("memories", budget_ipc=10, preset="cpu-quick")
+    cfg = mem.task_config(3, "mnist", (1, 28, 28), 2)
+    assert cfg.memory.num_bases == auto_num_bases(10, (1, 28, 28), 2, 2) != 64
+    assert (cfg.inner.steps, cfg.outer.lr, cfg.outer.iterations, cfg.inner.n_per_class) == (10, 0.01, 40, 20)
+    assert (cfg.seed, cfg.zca, cfg.evaluation.epochs, cfg.evaluation.every) == (3, 0.0, 30, 0)
+    mine = create_strategy("memories", budget_ipc=10, preset="cpu-quick",
+                           distill_overrides={"memory.num_bases": 3, "outer.iterations": "2"})
+    cfg = mine.task_config(0, "mnist", (1, 28, 28), 2)
+    assert (cfg.memory.num_bases, cfg.outer.iterations) == (3, 2)
+    img = create_strategy("images", budget_ipc=10).task_config(0, "mnist", (1, 28, 28), 2)
+    assert img.memory.kind == "images" and img.inner.steps == 10
+
+
+def test_settings_and_budgets_are_checked_before_any_work():
+    from memdistill.continual import create_strategy
+
+    b = _synthetic_benchmark()
+    with pytest.raises(ConfigError, match="unknown option 'outer.iteration'"):
+        create_strategy("memories", distill_overrides={"outer.iteration": 1}).check_fits(b)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        create_strategy("images", preset="gpu-huge").check_fits(b)
+    with pytest.raises(ConfigError, match="holds no image"):
+        create_strategy("images", budget_ipc=0.5).check_fits(b)
+    for name in ("random", "finetune", "joint"):
+        create_strategy(name).check_fits(b)  # nothing to refuse

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from memdistill.config import DistillConfig, apply_overrides, load_toml, preset_config
+from memdistill.config import DistillConfig, apply_overrides, base_schedule, load_toml, resolve
 from memdistill.distill import Distiller
 from memdistill.errors import ConfigError
 from memdistill.evaluate import TrainConfig, TrainingSet, evaluate, select_subset
@@ -90,7 +90,7 @@ def test_configuration_errors(tmp_path):
     with pytest.raises(ConfigError, match="must be a int"):
         apply_overrides(cfg, {"inner.steps": "many"})
     with pytest.raises(ConfigError, match="valid: paper, cpu, cpu-quick"):
-        preset_config("gpu-huge", "mnist")
+        resolve("gpu-huge", "mnist")
     with pytest.raises(ConfigError, match="valid choices: bases, images"):
         apply_overrides(DistillConfig(), {"memory.kind": "hallucinator"}).validate()
     f = tmp_path / "run.toml"
@@ -105,7 +105,7 @@ def test_configuration_errors(tmp_path):
 def test_short_distillation_beats_random_real_at_equal_storage(mnist_train, mnist_test):
     """Real end to end on MNIST: a short distillation at budget 1 recalls examples that
     train a network well above a random real subset of the same stored size."""
-    cfg = preset_config("cpu-quick", "mnist", 1)
+    cfg = resolve("cpu-quick", "mnist", 1)
     apply_overrides(cfg, {"outer.iterations": 4, "evaluation.every": 0, "evaluation.epochs": 1})
     res = Distiller(cfg, mnist_train).run()
     x, y = res.memory.recall()
@@ -150,20 +150,20 @@ def test_budget10_settings_apply_to_bases_memories_only():
     def key(c):
         return (c.memory.kind, c.memory.num_bases, c.inner.steps, c.outer.lr, c.outer.iterations)
 
-    b10 = preset_config("cpu-quick", "mnist", 10)
+    b10 = resolve("cpu-quick", "mnist", 10)
     assert key(b10) == ("bases", 64, 40, 0.001, 10)
     assert b10.inner.n_per_class == 20
-    base = preset_config("cpu-quick", "mnist", 1)
+    base = resolve("cpu-quick", "mnist", 1)
     assert key(base) == ("bases", 16, 10, 0.01, 40)
-    images = preset_config("cpu-quick", "mnist", 10, kind="images")
+    images = resolve("cpu-quick", "mnist", 10, kind="images")
     assert key(images) == ("images", 16, 10, 0.01, 40) and images.inner.n_per_class == 20
-    off = preset_config("cpu-quick", "mnist", 10, budget_settings=False)
+    off = resolve("cpu-quick", "mnist", 10, flags=base_schedule("cpu-quick"))
     assert key(off)[1:] == key(base)[1:] and off.inner.n_per_class == 20
-    cpu = preset_config("cpu", "mnist", 10)
+    cpu = resolve("cpu", "mnist", 10)
     assert (cpu.memory.num_bases, cpu.inner.steps, cpu.outer.lr) == (64, 40, 0.001)
-    assert cpu.outer.iterations == preset_config("cpu", "mnist", 1).outer.iterations
+    assert cpu.outer.iterations == resolve("cpu", "mnist", 1).outer.iterations
     assert "paper" not in BUDGET10_SETTINGS
-    assert key(preset_config("paper", "mnist", 10))[1:] == key(preset_config("paper", "mnist", 1))[1:]
+    assert key(resolve("paper", "mnist", 10))[1:] == key(resolve("paper", "mnist", 1))[1:]
     for settings in BUDGET10_SETTINGS.values():  # every key a real option
         apply_overrides(DistillConfig(), settings).validate()
 

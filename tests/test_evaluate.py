@@ -149,3 +149,19 @@ def test_run_seeds_are_distinct_and_stable():
     assert run_seeds(0, 5) == run_seeds(0, 5)
     assert len(set(run_seeds(0, 5))) == 5
     assert run_seeds(0, 3) != run_seeds(1, 3)
+
+
+def test_training_options_evaluate_exactly_like_the_train_config_they_stand_for(mnist_train, small_test):
+    """``DistillConfig.evaluation`` passed as is trains the same networks, bit for bit, as
+    the TrainConfig that distillation used to copy out of it field by field."""
+    from memdistill.config import EvalConfig
+    from memdistill.models import supported_options
+
+    subset = mnist_train.subset(select_subset(mnist_train, 2, "random", seed=0))
+    ec = EvalConfig(width=8, epochs=2, batch_size=16, augment="flip_rotate", runs=2)
+    by_hand = TrainConfig(arch=ec.arch, arch_options=supported_options(ec.arch, width=ec.width), epochs=ec.epochs,
+                          lr=ec.lr, batch_size=ec.batch_size, augment=ec.augment)
+    assert TrainConfig.from_options(ec) == by_hand
+    a = evaluate(subset, small_test, ec, runs=ec.runs, seed=3)
+    b = evaluate(subset, small_test, by_hand, runs=ec.runs, seed=3)
+    assert a.accuracies == b.accuracies and a.per_class == b.per_class and a.config == b.config

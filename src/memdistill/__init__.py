@@ -5,7 +5,7 @@ The public API; everything not listed in ``__all__`` is private.
 
 from ._version import __version__
 from .augment import create_augmentation, list_augmentations
-from .config import DistillConfig, preset_config
+from .config import DistillConfig, resolve
 from .distill import Distiller
 from .distributed import DistContext, init_distributed
 from .data import ImageDataset, list_datasets, load_dataset, locate_dataset, train_val_split
@@ -73,7 +73,7 @@ __all__ = [
     "DistributedError",
     "init_distributed",
     "DistillConfig",
-    "preset_config",
+    "resolve",
     "create_model",
     "evaluate",
     "list_augmentations",

@@ -11,7 +11,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Iterable, Mapping
 
 from .errors import ConfigError
 
@@ -19,10 +19,15 @@ __all__ = [
     "MemoryConfig",
     "InnerConfig",
     "OuterConfig",
+    "TrainOptions",
     "EvalConfig",
     "DistillConfig",
     "PRESETS",
-    "preset_config",
+    "BUDGET10_SETTINGS",
+    "resolve",
+    "base_schedule",
+    "preset_values",
+    "parse_sets",
     "apply_overrides",
     "load_toml",
     "config_to_dict",
@@ -75,14 +80,42 @@ class OuterConfig:
 
 
 @dataclass
-class EvalConfig:
-    every: int = 200  # outer iterations between evaluations (0: only at the end)
+class TrainOptions:
+    """How a classifier is trained on a set of images: the options shared by evaluation
+    during distillation (:class:`EvalConfig`), the continual learner (``LearnerConfig``)
+    and, through :meth:`memdistill.evaluate.TrainConfig.from_options`, ``evaluate``.
+
+    Attributes:
+        arch: a registered network (:func:`memdistill.models.list_models`).
+        width: its width (networks without one, such as ``lenet``, ignore it).
+        lr: SGD learning rate.
+        batch_size: examples per optimiser step.
+    """
+
     arch: str = "convnet"
     width: int = 128
-    epochs: int = 300
-    runs: int = 1
     lr: float = 0.01
     batch_size: int = 640
+    depth: ClassVar[int] = 0  # a field only of the options that let users choose it
+
+    def arch_options(self) -> dict[str, Any]:
+        """The network options of ``arch`` these options set (width, and depth where the
+        options have one; 0 means the network's default): the one place they are
+        translated into :func:`memdistill.models.create_model` keywords."""
+        from .models import supported_options
+
+        return supported_options(self.arch, width=self.width, depth=self.depth or None)
+
+
+@dataclass
+class EvalConfig(TrainOptions):
+    """Evaluation during distillation: ``runs`` networks retrained on the memory every
+    ``every`` outer iterations, tested on a validation split of ``val_fraction`` of the
+    training set."""
+
+    every: int = 200  # outer iterations between evaluations (0: only at the end)
+    epochs: int = 300
+    runs: int = 1
     augment: str = "flip_rotate"
     val_fraction: float = 0.1  # evaluation during distillation uses a validation split
 
@@ -259,26 +292,130 @@ BUDGET10_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_config(preset: str, dataset: str, budget_ipc: float = 1.0, *, kind: str = "bases",
-                  budget_settings: bool = True) -> DistillConfig:
-    """The configuration of a named preset for a ``kind`` memory of ``dataset`` at ``budget_ipc``.
+def base_schedule(preset: str) -> dict[str, Any]:
+    """The preset's own values of the keys its :data:`BUDGET10_SETTINGS` change (``{}``
+    when it has none): what a budget-1 run of the preset uses.
 
-    At budget >= 10 a ``bases`` memory gets :data:`BUDGET10_SETTINGS` (a joint choice of
-    K, T, lr and iterations, tuned for 10-class ``bases`` memories only).
-    ``budget_settings=False`` leaves them out: callers that set K or the iterations
-    themselves (the continual learner's task memories) or that tune them
-    (``bench/tune.py``) start from the budget-1 settings."""
+    A caller that sizes its memories itself at every budget (the continual learner's task
+    memories) or that chooses these settings (``bench/tune.py``) passes them as ``flags``
+    to :func:`resolve`, where they win over the budget settings."""
+    return preset_values(preset, BUDGET10_SETTINGS.get(preset, {}))
+
+
+def preset_values(preset: str, keys: Iterable[str]) -> dict[str, Any]:
+    """``{key: value}``: what the preset itself (at budget 1, before any override) gives
+    each dotted key (``"evaluation.epochs"``)."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-    cfg = DistillConfig(dataset=dataset)
-    cfg.memory.budget_ipc = float(budget_ipc)
-    cfg.memory.kind = kind
+    return {key: _preset_value(preset, key) for key in keys}
+
+
+def _preset_value(preset: str, dotted: str) -> Any:
+    """The preset's value of ``dotted``, else the option's default (read off the
+    dataclass fields: no configuration is built)."""
+    found = _lookup(PRESETS[preset], dotted)
+    if found is not None:  # no preset sets an option to None
+        return found
+    section: Any = DistillConfig
+    for part in dotted.split("."):
+        fld = {f.name: f for f in dataclasses.fields(section)}[part]
+        if fld.default is not dataclasses.MISSING:
+            return fld.default
+        section = fld.default_factory()
+
+
+def resolve(
+    preset: str,
+    dataset: str,
+    budget_ipc: float = 1.0,
+    *,
+    kind: str | None = None,
+    toml: str | Path | Mapping[str, Any] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    sets: Iterable[tuple[str, Any]] = (),
+    flags_source: str = "command line",
+    sets_source: str = "--set",
+) -> DistillConfig:
+    """The validated configuration of a distillation run: the one place it is assembled.
+
+    The memory kind is decided first: the last of ``sets``, ``flags``, ``toml`` that sets
+    ``memory.kind``, else ``kind``, else ``"bases"``. Then, each step overriding the last:
+
+    1. the defaults of :class:`DistillConfig` (``zca = 0.1`` on CIFAR) and the preset
+       (:data:`PRESETS`);
+    2. at ``budget_ipc >= 10`` (not ``paper``): 20 recalled examples per class per inner
+       step and, for a ``bases`` memory, the preset's :data:`BUDGET10_SETTINGS`;
+    3. ``toml``: a TOML file's path or its parsed tree;
+    4. ``flags``: dotted keys (``{"inner.steps": 20}``); ``None`` values are skipped
+       (flags the user did not give);
+    5. ``sets``: ``(key, value)`` pairs in order (``--set key=value``, see :func:`parse_sets`).
+
+    ``dataset`` and ``budget_ipc`` are then set from the arguments and the result is
+    validated once. Unknown keys, values of the wrong type and invalid settings raise
+    :class:`ConfigError` naming their source (``flags_source``, ``sets_source``, the TOML path).
+    """
+    if isinstance(toml, (str, Path)):
+        toml_source, toml = str(toml), load_toml(toml)
+    else:
+        toml_source, toml = "TOML", dict(toml or {})
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    sets = list(sets)
+    cfg = DistillConfig(dataset=dataset, memory=MemoryConfig(kind=kind or "bases"))
+    kind = _decided_kind(kind, toml, flags, sets)
     if dataset in ZCA_DATASETS:
         cfg.zca = 0.1
+    _preset_layers(preset, cfg, budget_ipc, kind)
+    apply_overrides(cfg, toml, source=toml_source)
+    apply_overrides(cfg, flags, source=flags_source)
+    for key, value in sets:
+        apply_overrides(cfg, {key: value}, source=sets_source)
+    cfg.dataset = dataset
+    cfg.memory.budget_ipc = float(budget_ipc)
+    return cfg.validate()
+
+
+def parse_sets(items: Iterable[str] | None, example: str = "inner.lr=0.02") -> list[tuple[str, str]]:
+    """``["inner.lr=0.02", ...]`` (``--set`` arguments) as ``[("inner.lr", "0.02"), ...]``,
+    in order, key and value stripped; values stay strings (:func:`apply_overrides` coerces)."""
+    pairs = []
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. {example}), got {item!r}")
+        key, value = item.split("=", 1)
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def _preset_layers(preset: str, cfg: DistillConfig, budget_ipc: float, kind: str) -> DistillConfig:
+    """Steps 1-2 of :func:`resolve` on ``cfg``: the preset, then its budget settings."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     apply_overrides(cfg, PRESETS[preset], source=f"preset {preset!r}")
     if budget_ipc >= 10 and preset != "paper":
         # more recalled slots per class: draw more of them per inner step
         apply_overrides(cfg, {"inner.n_per_class": 20}, source=f"preset {preset!r}")
-        if budget_settings and kind == "bases" and preset in BUDGET10_SETTINGS:
+        if kind == "bases" and preset in BUDGET10_SETTINGS:  # tuned for ``bases`` memories only
             apply_overrides(cfg, BUDGET10_SETTINGS[preset], source=f"preset {preset!r} at budget >= 10")
     return cfg
+
+
+def _decided_kind(kind: str | None, toml: Mapping[str, Any], flags: Mapping[str, Any],
+                  sets: list[tuple[str, Any]]) -> Any:
+    """The memory kind the layers of :func:`resolve` end with (the last one naming it)."""
+    for key, value in reversed(sets):
+        if key == "memory.kind":
+            return value
+    for layer in (flags, toml):
+        found = _lookup(layer, "memory.kind")
+        if found is not None:
+            return found
+    return kind or "bases"
+
+
+def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
+    """The value of ``dotted`` in an override tree of nested dicts and/or dotted keys."""
+    if dotted in tree:
+        return tree[dotted]
+    head, _, rest = dotted.partition(".")
+    sub = tree.get(head)
+    return _lookup(sub, rest) if rest and isinstance(sub, Mapping) else None

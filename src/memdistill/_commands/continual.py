@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import ConfigError
 from ._options import Command, data_options, device_option, progress_option
 from ._run import resolve_device as _device, run_header
 
@@ -41,6 +40,7 @@ def add_arguments(cl: argparse.ArgumentParser) -> None:
 
 def cmd_continual(args: argparse.Namespace) -> int:
     from .._machine import describe_machine
+    from ..config import parse_sets
     from ..continual import (ALL_STRATEGIES, LearnerConfig, StrategyOptions, create_benchmark, format_table,
                             plot_results, run_continual, save_results)
     from ..continual.strategies import STRATEGIES
@@ -48,12 +48,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     names = list(ALL_STRATEGIES) if args.strategy == "all" else [s.strip() for s in args.strategy.split(",") if s.strip()]
     for n in names:
         STRATEGIES.get(n)
-    overrides = {}
-    for item in args.set or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. outer.iterations=20), got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = value.strip()
+    overrides = dict(parse_sets(args.set, example="outer.iterations=20"))
     if args.iterations is not None:
         overrides["outer.iterations"] = args.iterations
     device = str(_device(args.device))

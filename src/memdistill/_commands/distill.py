@@ -37,36 +37,17 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def _distill_config(args: argparse.Namespace):
-    from ..config import apply_overrides, load_toml, preset_config
+    """The run's configuration, from the one path every caller takes (:func:`config.resolve`)."""
+    from ..config import parse_sets, resolve
 
-    toml = load_toml(args.config) if args.config else {}
     flags = {
         "memory.kind": args.memory, "memory.num_bases": args.bases, "memory.downsample": args.downsample,
         "memory.learned_labels": args.learned_labels, "inner.steps": args.inner_steps,
         "outer.iterations": args.iterations, "seed": args.seed, "outer.unroll": args.unroll,
         "outer.window": args.window, "device": args.device,
     }
-    sets = []
-    for item in args.set or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. inner.lr=0.02), got {item!r}")
-        key, value = item.split("=", 1)
-        sets.append((key.strip(), value.strip()))
-
-    def build(kind: str):
-        cfg = preset_config(args.preset, args.dataset, args.budget_ipc, kind=kind)
-        apply_overrides(cfg, toml, source=str(args.config))
-        apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, source="command line")
-        for key, value in sets:
-            apply_overrides(cfg, {key: value}, source="--set")
-        return cfg
-
-    cfg = build("bases")
-    if cfg.memory.kind != "bases":  # a preset's budget-10 settings are for ``bases`` memories only
-        cfg = build(cfg.memory.kind)
-    cfg.dataset = args.dataset
-    cfg.memory.budget_ipc = float(args.budget_ipc)
-    return cfg.validate()
+    return resolve(args.preset, args.dataset, args.budget_ipc, toml=args.config or None, flags=flags,
+                   sets=parse_sets(args.set))
 
 
 def _refuse_bad_resume(dist, checkpoint: Path, cfg) -> None:

@@ -20,23 +20,24 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from .._io import atomic_write_bytes, atomic_write_json
 from ..data import ImageDataset
+from ..config import TrainOptions
 from ..errors import ConfigError
 from ..evaluate import TrainingSet
 from ..memory import stored_float_budget
-from ..models import create_model, supported_options
+from ..models import create_model
 from .benchmarks import Benchmark
-from .strategies import ALL_STRATEGIES, StrategyOptions, check_budget_fits, create_strategy
+from .strategies import ALL_STRATEGIES, StrategyOptions, create_strategy
 
 __all__ = ["LearnerConfig", "ContinualResult", "run_continual", "run_comparison",
            "format_table", "save_results", "plot_results"]
 
 
 @dataclass
-class LearnerConfig:
+class LearnerConfig(TrainOptions):
     """How the classifier is trained after each task and how it is tested.
 
     Attributes:
@@ -52,13 +53,11 @@ class LearnerConfig:
         device: where the classifier trains.
     """
 
-    training: str = "scratch"
-    arch: str = "convnet"
     width: int = 32
+    batch_size: int = 128
+    training: str = "scratch"
     depth: int = 0  # 0: the network's default (ConvNet-4 suits 64-pixel images)
     steps: int = 300
-    batch_size: int = 128
-    lr: float = 0.01
     momentum: float = 0.9
     test_per_class: int | None = None
     seed: int = 0
@@ -165,16 +164,15 @@ def run_continual(
     """
     options = options or StrategyOptions()
     learner = learner or LearnerConfig()
-    check_budget_fits(strategy, options, benchmark.image_shape, [len(t) for t in benchmark.tasks])
     strat = create_strategy(strategy, options)
+    strat.check_fits(benchmark)
     result = ContinualResult(benchmark.name, strategy, options.budget_ipc,
                              "continue" if strat.keeps_model else learner.training)
     c, h, w = benchmark.image_shape
-    arch_options = supported_options(learner.arch, width=learner.width, depth=learner.depth or None)
+    arch_options = learner.arch_options()
     g = torch.Generator().manual_seed(int(learner.seed))
     model = None
-    bar = tqdm(total=benchmark.num_tasks, desc=f"{benchmark.name} {strategy}", unit="task",
-               disable=not progress)
+    bar = progress_bar(benchmark.num_tasks, desc=f"{benchmark.name} {strategy}", unit="task", enabled=progress)
     try:
         for task in benchmark.stream():
             t0 = time.perf_counter()
@@ -197,8 +195,8 @@ def run_continual(
                 stored_float_budget(options.budget_ipc, benchmark.image_shape, seen) if strat.bounded else None)
             result.task_seconds.append(time.perf_counter() - t0)
             result.task_info.append(info)
-            bar.update(1)
             bar.set_postfix(acc=f"{100 * result.seen_accuracy[-1]:.1f}")
+            bar.update(1)
             if callback is not None:
                 callback(task.index, result)
     finally:
@@ -218,7 +216,7 @@ def run_comparison(
     ``callback(name, result)`` after each strategy (e.g. to save partial results)."""
     options = options or StrategyOptions()
     for name in strategies:  # fail on a budget that cannot fit before any work
-        check_budget_fits(name, options, benchmark.image_shape, [len(t) for t in benchmark.tasks])
+        create_strategy(name, options).check_fits(benchmark)
     out = []
     for name in strategies:
         out.append(run_continual(benchmark, name, options, learner, progress=progress))

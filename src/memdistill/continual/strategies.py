@@ -1,8 +1,10 @@
 """What a continual learner keeps of each task: the strategies, under one storage budget.
 
 Every bounded strategy stores at most ``budget_ipc * C*H*W`` floats per class seen (the
-equal-storage rule of METHOD.md, applied per task and summed); :meth:`Strategy.floats_stored`
-reports what it holds, and the learner records it beside the budget after every task.
+equal-storage rule of METHOD.md, applied per task and summed); :meth:`Strategy.check_fits`
+refuses a budget it cannot keep before any work, :meth:`Strategy.floats_stored` reports
+what it holds, and the learner records it beside the budget after every task. Each
+strategy is a class registered in :data:`STRATEGIES` under its ``name``.
 
 - ``memories`` (ours): each task is distilled into its own ``bases`` memory over the
   task's classes, under the task's share of the budget; optionally initialised from the
@@ -24,12 +26,13 @@ from typing import Any, Callable
 import torch
 
 from .._registry import Registry
-from ..config import apply_overrides, preset_config
+from ..config import DistillConfig, base_schedule, preset_values, resolve
 from ..data import ImageDataset
 from ..distill import Distiller
 from ..errors import ConfigError
 from ..evaluate import TrainingSet, select_subset
 from ..memory import Memory, solve_slots, stored_float_budget
+from .benchmarks import Benchmark
 
 __all__ = [
     "STRATEGIES",
@@ -77,9 +80,6 @@ class StrategyOptions:
             raise ConfigError(f"budget_ipc must be > 0, got {self.budget_ipc}")
         if self.num_bases < 0 or self.downsample < 1:
             raise ConfigError("num_bases must be >= 0 (0: automatic) and downsample >= 1")
-        # fail now, not at the first task, on an unknown preset or a bad override
-        cfg = preset_config(self.preset, "mnist", self.budget_ipc, budget_settings=False)
-        apply_overrides(cfg, dict(self.distill_overrides), source="distill_overrides").validate()
 
 
 def auto_num_bases(budget_ipc: float, image_shape: tuple[int, int, int], num_classes: int,
@@ -122,6 +122,10 @@ class Strategy:
     def __init__(self, options: StrategyOptions) -> None:
         self.options = options
 
+    def check_fits(self, benchmark: Benchmark) -> None:
+        """Fail before any work when what this strategy keeps of ``benchmark``'s tasks
+        cannot fit the storage budget or its settings are invalid (nothing to check here)."""
+
     def learn_task(self, index: int, classes: tuple[int, ...], data: ImageDataset) -> dict[str, Any]:
         """Keep what the strategy keeps of ``data`` (labels are benchmark class ids).
         Returns facts worth recording (seconds, slots...)."""
@@ -146,30 +150,43 @@ class MemoryStrategy(Strategy):
         super().__init__(options)
         self.memories: list[tuple[int, Memory]] = []  # (first class id, memory)
 
-    def _config(self, index: int, data: ImageDataset):
+    def task_config(self, index: int, dataset: str, image_shape: tuple[int, int, int],
+                    num_classes: int) -> DistillConfig:
+        """The distillation configuration of task ``index`` (``num_classes`` classes of
+        ``dataset``): the preset, then the learner's settings, then ``distill_overrides``."""
         o = self.options
-        cfg = preset_config(o.preset, data.name, o.budget_ipc, budget_settings=False)
-        overrides: dict[str, Any] = {
+        flags = {
             "memory.kind": self.kind,
             "seed": o.seed + index,
             "zca": 0.0,  # one input space for every task (a per-task whitening would not be)
-            "evaluation.epochs": min(cfg.evaluation.epochs, 30),  # the end-of-run check only
+            # the end-of-run check only
+            "evaluation.epochs": min(preset_values(o.preset, ["evaluation.epochs"])["evaluation.epochs"], 30),
             "evaluation.every": 0,
+            **self._memory_settings(image_shape, num_classes),
         }
-        if self.kind == "bases":
-            k = o.num_bases or auto_num_bases(o.budget_ipc, data.image_shape, data.num_classes, o.downsample)
-            overrides.update({"memory.num_bases": k, "memory.downsample": o.downsample})
-        apply_overrides(cfg, overrides, source="continual")
-        apply_overrides(cfg, dict(o.distill_overrides), source="distill_overrides")
-        return cfg
+        return resolve(o.preset, dataset, o.budget_ipc, kind=self.kind, flags=flags, flags_source="continual",
+                       sets=o.distill_overrides.items(), sets_source="distill_overrides")
+
+    def _memory_settings(self, image_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
+        """Configuration keys this kind of task memory sets itself."""
+        return {}
+
+    def _initial_memory(self, cfg: DistillConfig, local: ImageDataset) -> Memory | None:
+        """The memory a task's distillation starts from (``None``: the distiller's own)."""
+        return None
+
+    def _check_budget(self, image_shape: tuple[int, int, int], num_classes: int) -> None:
+        raise NotImplementedError
+
+    def check_fits(self, benchmark):
+        for k in sorted({len(t) for t in benchmark.tasks}):
+            self._check_budget(benchmark.image_shape, k)
+            self.task_config(0, benchmark.train.name, benchmark.image_shape, k)  # validated there
 
     def learn_task(self, index, classes, data):
         local = local_view(data, classes)
-        cfg = self._config(index, local)
-        initial = None
-        if self.options.init_from_previous and self.kind == "bases" and self.memories:
-            initial = self._from_previous(cfg, local)
-        distiller = Distiller(cfg, local, device=self.options.device, initial_memory=initial)
+        cfg = self.task_config(index, local.name, local.image_shape, local.num_classes)
+        distiller = Distiller(cfg, local, device=self.options.device, initial_memory=self._initial_memory(cfg, local))
         result = distiller.run(progress=self.options.progress)
         memory = result.memory
         memory.tensors = {k: v.detach().cpu() for k, v in memory.tensors.items()}
@@ -177,16 +194,6 @@ class MemoryStrategy(Strategy):
         return {"slots_per_class": memory.slots, "distill_iterations": result.iterations,
                 "distill_val_accuracy": None if result.last_eval is None else result.last_eval["mean"],
                 "memory_options": memory.options()}
-
-    def _from_previous(self, cfg, local: ImageDataset) -> Memory | None:
-        """A fresh memory for this task whose bases are the previous task's bases."""
-        prev = self.memories[-1][1]
-        fresh = Distiller(cfg, local).new_memory()
-        if fresh.tensors["bases"].shape != prev.tensors["bases"].shape:
-            return None
-        fresh.tensors = {k: v.detach().cpu() for k, v in fresh.tensors.items()}
-        fresh.tensors["bases"] = prev.tensors["bases"].clone()
-        return fresh
 
     def training_set(self, current):
         xs, ys = [], []
@@ -200,6 +207,55 @@ class MemoryStrategy(Strategy):
 
     def floats_stored(self):
         return sum(m.floats_stored() for _, m in self.memories)
+
+
+@STRATEGIES.register("memories")
+class MemoriesStrategy(MemoryStrategy):
+    """Ours: each task distilled into a ``bases`` memory of :func:`auto_num_bases` bases
+    (or ``num_bases``), optionally starting from the previous task's bases."""
+
+    name = "memories"
+    kind = "bases"
+
+    def _num_bases(self, image_shape: tuple[int, int, int], num_classes: int) -> int:
+        o = self.options
+        return o.num_bases or auto_num_bases(o.budget_ipc, image_shape, num_classes, o.downsample)
+
+    def _memory_settings(self, image_shape, num_classes):
+        # K is sized here for the task's share of the budget, with the preset's own T, lr and
+        # iterations: its budget-10 settings are a joint choice for whole 10-class datasets
+        return {**base_schedule(self.options.preset), "memory.num_bases": self._num_bases(image_shape, num_classes),
+                "memory.downsample": self.options.downsample}
+
+    def _check_budget(self, image_shape, num_classes):
+        o = self.options
+        solve_slots(o.budget_ipc, image_shape, num_classes, self._num_bases(image_shape, num_classes), o.downsample)
+
+    def _initial_memory(self, cfg, local):
+        """A fresh memory for this task whose bases are the previous task's bases."""
+        if not (self.options.init_from_previous and self.memories):
+            return None
+        prev = self.memories[-1][1]
+        fresh = Distiller(cfg, local).new_memory()
+        if fresh.tensors["bases"].shape != prev.tensors["bases"].shape:
+            return None
+        fresh.tensors = {k: v.detach().cpu() for k, v in fresh.tensors.items()}
+        fresh.tensors["bases"] = prev.tensors["bases"].clone()
+        return fresh
+
+
+@STRATEGIES.register("images")
+class ImagesStrategy(MemoryStrategy):
+    """Each task distilled into per-class learnable images (the BPTT baseline)."""
+
+    name = "images"
+    kind = "images"
+
+    def _check_budget(self, image_shape, num_classes):
+        c, h, w = image_shape
+        if stored_float_budget(self.options.budget_ipc, image_shape, 1) < c * h * w:
+            raise ConfigError(f"images: a budget of {self.options.budget_ipc} images per class holds no image; "
+                              f"use --budget-ipc >= 1")
 
 
 class ExemplarStrategy(Strategy):
@@ -234,9 +290,27 @@ class ExemplarStrategy(Strategy):
         return sum(int(x.numel()) for x in self.images)  # one float per stored pixel value
 
 
+@STRATEGIES.register("random")
+class RandomStrategy(ExemplarStrategy):
+    """``floor(budget_ipc)`` real images per class drawn at random."""
+
+    name = "random"
+    method = "random"
+
+
+@STRATEGIES.register("herding")
+class HerdingStrategy(ExemplarStrategy):
+    """``floor(budget_ipc)`` real images per class chosen by herding."""
+
+    name = "herding"
+    method = "herding"
+
+
+@STRATEGIES.register("finetune")
 class FinetuneStrategy(Strategy):
     """No memory: the classifier continues on the current task only (lower bound)."""
 
+    name = "finetune"
     keeps_model = True
 
     def learn_task(self, index, classes, data):
@@ -249,9 +323,11 @@ class FinetuneStrategy(Strategy):
         return 0
 
 
+@STRATEGIES.register("joint")
 class JointStrategy(Strategy):
     """Keeps a copy of every task's real data (upper bound; not under the budget)."""
 
+    name = "joint"
     bounded = False
 
     def __init__(self, options: StrategyOptions) -> None:
@@ -271,18 +347,6 @@ class JointStrategy(Strategy):
         return sum(int(d.images.numel()) for d in self.kept)
 
 
-def _register(name: str, base: type, **attrs: Any) -> None:
-    cls = type(f"{name.title()}Strategy", (base,), {"name": name, **attrs})
-    STRATEGIES.register(name)(cls)
-
-
-_register("memories", MemoryStrategy, kind="bases")
-_register("images", MemoryStrategy, kind="images")
-_register("random", ExemplarStrategy, method="random")
-_register("herding", ExemplarStrategy, method="herding")
-_register("finetune", FinetuneStrategy)
-_register("joint", JointStrategy)
-
 # The order of a comparison (``--strategy all``): ours first, bounds last.
 ALL_STRATEGIES = ("memories", "images", "herding", "random", "finetune", "joint")
 
@@ -300,16 +364,3 @@ def create_strategy(name: str, options: StrategyOptions | None = None, **kwargs:
     elif kwargs:
         options = dataclasses.replace(options, **kwargs)
     return cls(options)
-
-
-def check_budget_fits(name: str, options: StrategyOptions, image_shape, classes_per_task) -> None:
-    """Fail before any work when a task memory cannot fit its budget (e.g. budget too small)."""
-    if name == "memories":
-        for k in set(classes_per_task):
-            nb = options.num_bases or auto_num_bases(options.budget_ipc, image_shape, k, options.downsample)
-            solve_slots(options.budget_ipc, image_shape, k, nb, options.downsample)
-    elif name == "images":
-        c, h, w = image_shape
-        if stored_float_budget(options.budget_ipc, image_shape, 1) < c * h * w:
-            raise ConfigError(f"images: a budget of {options.budget_ipc} images per class holds no image; "
-                              f"use --budget-ipc >= 1")

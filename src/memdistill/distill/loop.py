@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from ..augment import create_augmentation
 from ..config import DistillConfig, OuterConfig
 from ..data import ImageDataset, fit_zca, train_val_split
 from ..distributed import DistContext, single_process
 from ..engine import create_inner_optimizer
 from ..errors import ConfigError
-from ..evaluate import TrainConfig, TrainingSet, evaluate
+from ..evaluate import TrainingSet, evaluate
 from ..labels import create_label_space
 from ..memory import Memory
 from ..models import supported_options
@@ -206,10 +206,7 @@ class Distiller:
     def evaluate_memory(self, memory: Memory, split: ImageDataset | None = None) -> dict[str, Any]:
         ec = self.config.evaluation
         x, y = self.label_space.class_examples(memory)
-        tc = TrainConfig(arch=ec.arch, arch_options=supported_options(ec.arch, width=ec.width),
-                         epochs=ec.epochs, lr=ec.lr,
-                         batch_size=ec.batch_size, augment=ec.augment)
-        res = evaluate(TrainingSet(x, y, device=self.device), split or self.val, tc, runs=ec.runs,
+        res = evaluate(TrainingSet(x, y, device=self.device), split or self.val, ec, runs=ec.runs,
                        seed=self.config.seed, device=self.device, dist=self.dist)
         return {"split": (split or self.val).split, "mean": res.mean, "std": res.std,
                 "seconds": res.wall_seconds}
@@ -248,7 +245,7 @@ class Distiller:
         history = self._open_metrics(metrics, resume, state.iteration)
         snapshot = state.snapshot()
         total = cfg.outer.iterations
-        bar = tqdm(total=total, initial=state.iteration, desc="distill", unit="it", disable=not (progress and main))
+        bar = progress_bar(total, desc="distill", unit="it", enabled=progress and main, initial=state.iteration)
         started = time.perf_counter()
         try:
             while state.iteration < total:
@@ -261,8 +258,8 @@ class Distiller:
                 if callback and main:
                     callback(record)
                 loss, last_eval = record["loss"], state.last_eval
-                bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", acc="-" if last_eval is None else f"{100 * last_eval['mean']:.1f}")
+                bar.update(1)
                 stop = self._should_stop(state.iteration, stop_after, time_limit, started)
                 if state.iteration % cfg.checkpoint_every == 0 or state.iteration == total or stop:
                     snapshot = state.snapshot()

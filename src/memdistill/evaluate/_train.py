@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from ..augment import create_augmentation
+from ..config import TrainOptions
 from ..data import ImageDataset
 from ..errors import ConfigError
 from ..models import create_model
@@ -40,7 +41,9 @@ __all__ = [
 
 @dataclass
 class TrainConfig:
-    """How each evaluation network is built and trained (reference defaults)."""
+    """How each evaluation network is built and trained (reference defaults): the
+    resolved protocol :func:`train_network` follows. :meth:`from_options` builds it from
+    the user-facing :class:`~memdistill.config.TrainOptions` (``EvalConfig``, ...)."""
 
     arch: str = "convnet"
     arch_options: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +65,16 @@ class TrainConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+    @classmethod
+    def from_options(cls, options: TrainOptions) -> "TrainConfig":
+        """The protocol of ``options``: its fields that ``TrainConfig`` has too (``arch``,
+        ``lr``, ``batch_size``, and ``epochs``, ``augment``, ``momentum`` where it has
+        them), its :meth:`~memdistill.config.TrainOptions.arch_options`, and the
+        reference defaults for the rest."""
+        mine = {f.name for f in dataclasses.fields(options)}
+        shared = {f.name: getattr(options, f.name) for f in dataclasses.fields(cls) if f.name in mine}
+        return cls(**shared, arch_options=options.arch_options())
 
 
 @dataclass
@@ -236,7 +249,7 @@ def run_seeds(seed: int, runs: int) -> list[int]:
 def evaluate(
     train: TrainingSet | ImageDataset,
     test: ImageDataset,
-    config: TrainConfig | None = None,
+    config: TrainConfig | TrainOptions | None = None,
     runs: int = 5,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -248,7 +261,9 @@ def evaluate(
     Args:
         train: a real dataset (or subset) or a :class:`TrainingSet` of recalled images.
         test: the real split to test on (``test``, or ``val`` while choosing settings).
-        config: network and training protocol; reference defaults when ``None``.
+        config: network and training protocol (a :class:`TrainConfig`, or options such
+            as ``DistillConfig.evaluation`` turned into one by :meth:`TrainConfig.from_options`);
+            reference defaults when ``None``.
         runs: number of independently initialised networks.
         seed: the one seed every run's generator is derived from.
         progress: show a progress bar (steps over all runs, with ETA).
@@ -257,6 +272,8 @@ def evaluate(
             order, the same numbers as one process computes (on the same kind of device).
     """
     config = config or TrainConfig()
+    if isinstance(config, TrainOptions):
+        config = TrainConfig.from_options(config)
     if runs < 1:
         raise ConfigError(f"runs must be >= 1, got {runs}")
     data = train if isinstance(train, TrainingSet) else TrainingSet(train, device=device)
@@ -271,7 +288,7 @@ def evaluate(
         )
     steps = math.ceil(len(data) / config.batch_size) * config.epochs
     mine = range(runs) if dist is None else dist.shard(runs)
-    bar = tqdm(total=steps * len(mine), desc="evaluate", unit="step", disable=not progress, leave=False)
+    bar = progress_bar(steps * len(mine), desc="evaluate", unit="step", enabled=progress, leave=False)
     accs, per_class, times = [], [], []
     start = time.perf_counter()
     try:
