@@ -35,6 +35,24 @@ def _real_per_class(real, per_class: int, generator: torch.Generator) -> torch.T
     return torch.stack(out)
 
 
+def _check_init(init: str, real) -> None:
+    if init not in ("real", "random"):
+        raise ConfigError(f"unknown init {init!r}; valid: real, random")
+    if init == "real" and real is None:
+        raise ConfigError("init='real' needs the real training data")
+
+
+def _assemble(cls, tensors, labels, image_shape, num_classes, slots, init, real, generator):
+    """A ``cls`` memory of ``tensors`` (and one-hot ``labels`` when learned), filled from
+    ``real`` for ``init='real'``."""
+    if labels is not None:
+        tensors["labels"] = labels
+    memory = cls(tensors, image_shape, num_classes, slots)
+    if init == "real":
+        memory.init_from_real(real, generator)
+    return memory
+
+
 def _one_hot_labels(num_classes: int, slots: int, slot_first: bool) -> torch.Tensor:
     eye = torch.eye(num_classes)
     return eye.unsqueeze(0).repeat(slots, 1, 1) if slot_first else eye.unsqueeze(1).repeat(1, slots, 1)
@@ -67,21 +85,13 @@ class ImagesMemory(Memory):
                 f"class{' with learned labels' if learned_labels else ''}; the minimum is {need} floats "
                 f"(--budget-ipc {need / (c * h * w * num_classes):.3g})"
             )
+        _check_init(init, real)
         if init == "real":
-            if real is None:
-                raise ConfigError("init='real' needs the real training data")
-            images = torch.zeros((num_classes, r, c, h, w))  # filled by init_from_real below
-        elif init == "random":
-            images = torch.randn((num_classes, r, c, h, w), generator=generator)
+            images = torch.zeros((num_classes, r, c, h, w))  # filled by init_from_real
         else:
-            raise ConfigError(f"unknown init {init!r}; valid: real, random")
-        tensors = {"images": images}
-        if learned_labels:
-            tensors["labels"] = _one_hot_labels(num_classes, r, slot_first=False)
-        memory = cls(tensors, image_shape, num_classes, r)
-        if init == "real":
-            memory.init_from_real(real, generator)
-        return memory
+            images = torch.randn((num_classes, r, c, h, w), generator=generator)
+        labels = _one_hot_labels(num_classes, r, slot_first=False) if learned_labels else None
+        return _assemble(cls, {"images": images}, labels, image_shape, num_classes, r, init, real, generator)
 
     def init_from_real(self, real, generator, mix=None):
         """``r`` real images of each class (see :meth:`Memory.init_from_real`)."""
@@ -124,24 +134,16 @@ class BasesMemory(Memory):
         c, h, w = image_shape
         r = solve_slots(budget_ipc, image_shape, num_classes, num_bases, downsample, learned_labels)
         hl, wl = h // downsample, w // downsample
+        _check_init(init, real)
         if init == "random":
             bases = torch.randn((num_bases, c, hl, wl), generator=generator)
             bound = math.sqrt(6.0 / (num_bases + num_classes))  # Xavier uniform
             addressing = (torch.rand((r, num_classes, num_bases), generator=generator) * 2 - 1) * bound
-        elif init == "real":
-            if real is None:
-                raise ConfigError("init='real' needs the real training data")
-            # filled by init_from_real below
+        else:  # filled by init_from_real
             bases, addressing = torch.zeros((num_bases, c, hl, wl)), torch.zeros((r, num_classes, num_bases))
-        else:
-            raise ConfigError(f"unknown init {init!r}; valid: real, random")
-        tensors = {"bases": bases.float(), "addressing": addressing.float()}
-        if learned_labels:
-            tensors["labels"] = _one_hot_labels(num_classes, r, slot_first=True)
-        memory = cls(tensors, image_shape, num_classes, r)
-        if init == "real":
-            memory.init_from_real(real, generator)
-        return memory
+        labels = _one_hot_labels(num_classes, r, slot_first=True) if learned_labels else None
+        return _assemble(cls, {"bases": bases.float(), "addressing": addressing.float()}, labels, image_shape,
+                         num_classes, r, init, real, generator)
 
     def init_from_real(self, real, generator, mix=None):
         """Bases from the principal directions of real images, addressing from the
