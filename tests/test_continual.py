@@ -310,3 +310,11 @@ def test_settings_and_budgets_are_checked_before_any_work():
         create_strategy("images", budget_ipc=0.5).check_fits(b)
     for name in ("random", "finetune", "joint"):
         create_strategy(name).check_fits(b)  # nothing to refuse
+
+
+def test_every_registered_strategy_is_in_the_comparison_and_its_contract_tests():
+    """``ALL_STRATEGIES`` (the order of ``--strategy all`` and of the parametrised tests
+    above) holds every registered strategy, so a new one is compared and tested."""
+    from memdistill.continual.strategies import STRATEGIES
+
+    assert sorted(ALL_STRATEGIES) == STRATEGIES.names()
