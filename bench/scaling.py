@@ -101,7 +101,7 @@ def worker(spec: dict) -> None:
             "world_size": dist.world_size, "threads": spec["threads"], "split": spec["split"],
             "memory_floats": n, "allreduce_memory_s": allreduce_s, "flops_per_iteration_per_rank": flops,
             "ranks": ranks}), flush=True)
-    dist.close()
+    dist.close(synchronize=True)
 
 
 def _free_port() -> int:

@@ -97,7 +97,7 @@ def main(spec_path: str) -> int:
             raise ValueError(f"unknown task {kind!r}")
         if dist.is_main:
             torch.save(result, out / f"{task['name']}.pt")
-    dist.close()
+    dist.close(synchronize=True)
     return 0
 
 

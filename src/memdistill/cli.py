@@ -48,8 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    finished = False
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        finished = True
+        return code
     except MemdistillError as exc:
         print(f"memdistill {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -59,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         dist = getattr(args, "_dist", None)  # set when the command joined a process group
         if dist is not None:
-            dist.close()
+            dist.close(synchronize=finished)  # ranks that finished leave together
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .errors import ConfigError, DistributedError
+from .errors import ConfigError, DistributedError, MemdistillError
 
 __all__ = [
     "DistContext",
@@ -116,15 +116,22 @@ class DistContext:
 
             self._collective("barrier", tdist.barrier)
 
-    def close(self) -> None:
-        """Leave the process group (no-op for a single process)."""
+    def close(self, synchronize: bool = False) -> None:
+        """Leave the process group (no-op for a single process).
+
+        With ``synchronize`` (the normal end of a run) every rank first waits for the
+        others, so no process tears down its connections, or exits, while another still
+        talks to it (seen to abort a rank at exit with gloo). Leave it off on failure
+        paths, where a lost rank would make the wait run into the collective timeout."""
         if self.distributed:
             import torch.distributed as tdist
 
             try:
                 if tdist.is_initialized():
+                    if synchronize:
+                        self.barrier()
                     tdist.destroy_process_group()
-            except RuntimeError:  # best effort: a group that lost a rank may not tear down cleanly
+            except (RuntimeError, MemdistillError):  # best effort: a group that lost a rank may not tear down
                 log.debug("process group teardown failed", exc_info=True)
 
 
