@@ -168,36 +168,43 @@ def test_budget10_settings_apply_to_bases_memories_only():
         apply_overrides(DistillConfig(), settings).validate()
 
 
-# Fingerprints of short distillations computed with the code at main (fb3e04e, before
-# `distill` became a package and one-hot labels became a label-space object): sha256 over
-# the memory tensors in name order (name, shape, float32 bytes), one thread, torch 2.x on
-# x86-64 CPU. To recompute: run the same `_fingerprint` at that commit.
-_MAIN_FINGERPRINTS = {
-    "onehot": ({}, "46239840f8e253155d8806244b08b489e0d5826b5b4596ee3e71f994927cae68"),
-    "onehot-learned-labels-class-subsets": (
-        {"memory.learned_labels": True, "inner.classes_per_step": 3, "outer.meta_batch": 2},
-        "4c4f6674b073f1f716081f414eb0ae54f50bcb1a8c55ac93aec1cf04f4c8a108"),
-    "parity": ({"memory.label_space": "parity"}, "ef72557e58c58e032a31c3e8406d8675c8ab64a7ee0170ddb951ac82c7bd1ddb"),
+# Statistics of short distillations computed with the code at main (fb3e04e, before
+# `distill` became a package and one-hot labels became a label-space object), one thread:
+# per memory tensor (sum, sum of |x|, sum of x^2, a fixed random projection). They were
+# identical to the last digit after the change on the machine that recorded them; the
+# test allows 1e-4 relative so that another CPU's convolution kernels (rounding) pass
+# while any change of what the run computes fails. To recompute: `_statistics` at fb3e04e.
+_MAIN_STATISTICS = {
+    "onehot": ({}, {
+        "addressing": [-1127.846798427665, 2395.586975067068, 1158.8638203782107, -52.31297725334906],
+        "bases": [16.600606994878035, 134.78710038011195, 196.00001136125687, 8.69824235275995],
+    }),
+    "onehot-learned-labels-class-subsets": ({"memory.learned_labels": True, "inner.classes_per_step": 3, "outer.meta_batch": 2}, {
+        "addressing": [-298.0749393311198, 680.7844063864832, 328.1319857974861, -14.513571178377369],
+        "bases": [16.235132488392992, 132.77261843901942, 196.00003859968825, 14.393260189417973],
+        "labels": [539.8901877087596, 541.0773832305113, 540.3465006845021, -4.104051244754067],
+    }),
+    "parity": ({"memory.label_space": "parity"}, {
+        "addressing": [-333.78923153034225, 1424.248123353934, 435.04075347901517, 10.988453819658655],
+        "bases": [25.473069607392972, 131.9163739457763, 196.00003210866072, -6.577770444701212],
+    }),
 }
 
 
-def _fingerprint(tensors) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
+def _statistics(tensors) -> dict[str, list[float]]:
+    out = {}
     for k in sorted(tensors):
-        t = tensors[k].detach().contiguous().cpu()
-        h.update(k.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+        t = tensors[k].detach().double().flatten()
+        w = torch.randn(t.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        out[k] = [float(t.sum()), float(t.abs().sum()), float((t * t).sum()), float((w * t).sum())]
+    return out
 
 
-@pytest.mark.parametrize("case", list(_MAIN_FINGERPRINTS))
-def test_runs_are_bit_identical_to_the_code_before_the_label_space_objects(small_train, case):
+@pytest.mark.parametrize("case", list(_MAIN_STATISTICS))
+def test_runs_give_the_memory_the_code_before_the_label_space_objects_gave(small_train, case):
     """One-hot runs (now through the `onehot` label-space object) and label-space runs
     (now initialised by `Memory.init_from_real`) give the memory the old code gave."""
-    over, expected = _MAIN_FINGERPRINTS[case]
+    over, expected = _MAIN_STATISTICS[case]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -206,7 +213,10 @@ def test_runs_are_bit_identical_to_the_code_before_the_label_space_objects(small
         res = d.run()
     finally:
         torch.set_num_threads(threads)
-    assert _fingerprint(res.memory.tensors) == expected
+    got = _statistics(res.memory.tensors)
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        assert got[name] == pytest.approx(expected[name], rel=1e-4, abs=1e-6), name
 
 
 def test_check_resume_refuses_without_running(small_train, tmp_path):
