@@ -165,3 +165,11 @@ def test_training_options_evaluate_exactly_like_the_train_config_they_stand_for(
     a = evaluate(subset, small_test, ec, runs=ec.runs, seed=3)
     b = evaluate(subset, small_test, by_hand, runs=ec.runs, seed=3)
     assert a.accuracies == b.accuracies and a.per_class == b.per_class and a.config == b.config
+
+
+def test_batch_norm_evaluation_networks_are_refused():
+    """Without running statistics a batch-norm network is tested with each test batch's
+    statistics (accuracy depending on the test batch size): the evaluator refuses it."""
+    with pytest.raises(ConfigError, match="norm='batch'.*running statistics"):
+        TrainConfig(arch="convnet", arch_options={"norm": "batch"})
+    TrainConfig(arch="convnet", arch_options={"norm": "group"})  # every other norm is fine

@@ -325,3 +325,22 @@ def test_file_format_imports_neither_the_package_root_nor_rendering():
         assert "memdistill" not in imported and "memdistill.__version__" not in imported, imported
         assert not any(name.startswith("memdistill.viz") for name in imported), imported
     assert "memdistill._container" in _imported_modules(file_module)
+
+
+def test_equal_storage_reference_uses_the_recorded_budget(tmp_path):
+    """At budget 10 a ``bases`` memory stores slightly fewer floats than 10 images per
+    class: the random-real reference still gets 10 images per class (the run's budget),
+    not the 9 a floor of the memory's floats gives; a file without its configuration
+    falls back to that floor."""
+    from memdistill.labels import reference_ipc
+    from memdistill.memory import create_memory, load_memory, save_memory
+
+    shape, classes = (1, 28, 28), [str(i) for i in range(10)]
+    mem = create_memory("bases", shape, 10, 10, generator=torch.Generator().manual_seed(0), init="random",
+                        num_bases=64, downsample=2)
+    assert mem.floats_stored() // (28 * 28 * 10) == 9 < 10
+    common = dict(dataset="mnist", classes=classes, mean=(0.13,), std=(0.31,))
+    save_memory(tmp_path / "a.safetensors", mem, config={"memory": {"budget_ipc": 10.0}}, **common)
+    save_memory(tmp_path / "b.safetensors", mem, **common)
+    assert reference_ipc(load_memory(tmp_path / "a.safetensors")) == 10
+    assert reference_ipc(load_memory(tmp_path / "b.safetensors")) == 9

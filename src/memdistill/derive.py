@@ -34,7 +34,7 @@ import torch
 
 from ._container import FileFormat, TensorSpec, check_tensors, read_container, write_container
 from .errors import ConfigError, IntegrityError
-from .labels import label_space_of
+from .labels import label_space_of, reference_ipc
 from .queries import group_query, resolve_class
 
 __all__ = [
@@ -296,9 +296,10 @@ def run_derived_task(
     out = DeriveResult(task, summary(mem_res, {"floats_stored": floats}), None, None, chance)
     if train is not None:
         train_t = train.with_zca(zca)
-        sub, per_class = _equal_storage_subset(train_t, task, floats, seed)
+        c, h, w = train_t.image_shape  # the run's budget (see labels.reference_ipc), not the memory's floats
+        budget = reference_ipc(mem_file) * c * h * w * label_space_of(mem_file).num_classes
+        sub, per_class = _equal_storage_subset(train_t, task, budget, seed)
         sub_t = relabel_dataset(sub, task)
-        c, h, w = train.image_shape
         ref = evaluate(sub_t, test_t, config, runs=runs, seed=seed, device=device)
         out.random_real = summary(ref, {"per_original_class": per_class, "floats_stored": len(sub_t) * c * h * w})
         full = evaluate(relabel_dataset(train_t, task), test_t, all_real_config or config, runs=runs, seed=seed,

@@ -31,6 +31,8 @@ A new label space: a factory registered in :data:`LABEL_SPACES` returning a
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -343,6 +345,20 @@ def label_space_of(mem_file) -> LabelSpace:
         raise ConfigError(f"{mem_file.path}: the label space has {space.width} coordinates but the memory "
                           f"{mem_file.num_classes}")
     return space
+
+
+def reference_ipc(mem_file) -> int:
+    """Real images per original class of the "random real at equal storage" reference
+    for a memory file: the storage budget its run was distilled under (``budget_ipc``,
+    whole images, at least one), which the memory's stored floats may fall just short of
+    (at budget 10 a ``bases`` memory stores slightly under 10 images' floats, and a floor
+    of its floats would give the reference only 9). A file that does not record its
+    configuration falls back to the whole images its floats hold."""
+    budget = ((mem_file.meta.get("config") or {}).get("memory") or {}).get("budget_ipc")
+    if budget is not None:
+        return max(1, int(math.floor(float(budget) + 1e-9)))
+    c, h, w = mem_file.image_shape
+    return max(1, mem_file.memory.floats_stored() // (c * h * w * label_space_of(mem_file).num_classes))
 
 
 def equal_storage_ipc(budget_ipc: float, space: LabelSpace) -> float:

@@ -27,7 +27,7 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..evaluate import TrainConfig, TrainingSet, evaluate, select_subset
-    from ..labels import label_space_of
+    from ..labels import label_space_of, reference_ipc
     from ..models import supported_options
 
     mf = load_memory_file(args.file)
@@ -48,7 +48,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     x, y = mf.recall() if space.is_onehot else space.class_examples(mf.memory)
     floats = mf.memory.floats_stored()
     c, h, w = train.image_shape
-    ref_ipc = max(1, floats // (c * h * w * train.num_classes))
+    ref_ipc = reference_ipc(mf)  # the run's recorded budget, not a floor of the memory's floats
     ref_idx = select_subset(train, ref_ipc, "random", seed=args.seed)
     rows, record = [], {**run_header("evaluate", device=str(device), processes=dist.world_size),
                         "file": str(args.file), "dataset": dataset, "floats_stored": floats,

@@ -65,6 +65,12 @@ class TrainConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.arch_options.get("norm") == "batch":
+            # networks keep no running statistics: a batch-norm network would be tested with
+            # each test batch's own statistics, so its accuracy would depend on the batching
+            raise ConfigError(f"evaluation networks cannot use norm='batch' ({self.arch}): they keep no "
+                              "running statistics, so test accuracy would depend on how the test set is "
+                              "batched; use norm='instance' (the reference), 'group', 'layer' or 'none'")
 
     @classmethod
     def from_options(cls, options: TrainOptions) -> "TrainConfig":
