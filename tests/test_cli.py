@@ -97,7 +97,15 @@ def test_distill_info_show_evaluate_end_to_end(data_root, tmp_path, capsys):
                  "--out", str(ev), "--no-progress"]) == 0
     rec = json.loads(ev.read_text())
     assert rec["examples"] == 290 and rec["reference_ipc"] == 1
-    assert set(rec["results"]["convnet"]) == {"memory", "random_real"}
+    # the memory's own starting point, rebuilt from the file, is the third reference
+    assert set(rec["results"]["convnet"]) == {"memory", "random_real", "starting_point"}
+    assert rec["starting_point"] == "rebuilt"
+    printed = capsys.readouterr().out
+    assert "starting point acc %" in printed and ("BELOW its own starting point" in printed
+                                                   or "distillation added" in printed)
+    assert main(["evaluate", str(out), "--runs", "1", "--epochs", "2", "--width", "8", "--root", str(data_root),
+                 "--out", str(ev), "--no-progress", "--no-starting-point"]) == 0
+    assert set(json.loads(ev.read_text())["results"]["convnet"]) == {"memory", "random_real"}
 
 
 def test_distill_time_limit_writes_the_partial_memory_and_resume_completes_it(data_root, tmp_path, capsys):
@@ -147,6 +155,33 @@ def test_distill_resume_via_cli_and_bad_inputs(data_root, tmp_path, capsys):
     assert main(["distill", "--dataset", "mnist", "--budget-ipc", "0.01", "--root", str(data_root),
                  "--out", str(tmp_path / "x.safetensors"), "--no-progress"]) == 2
     assert "minimum" in capsys.readouterr().err
+
+
+def test_distill_reports_its_starting_point_and_evaluate_rebuilds_it_exactly(data_root, tmp_path, capsys):
+    """``distill`` evaluates the starting point before the first outer step and says how
+    the memory compares; with no outer step the memory *is* the starting point, and the
+    one ``starting_point`` rebuilds from the file's seed and configuration is identical."""
+    from memdistill import load
+    from memdistill.config import from_record
+    from memdistill.data import load_dataset
+    from memdistill.distill import starting_point
+
+    out = tmp_path / "s.mem.safetensors"
+    assert main(_distill_args(data_root, out)) == 0
+    printed = capsys.readouterr().out
+    assert "validation accuracy: starting point" in printed and "after 2 iterations" in printed
+    mf = load(out)
+    start = mf.meta["metrics"]["validation_start"]
+    assert start["split"] == "val" and 0 <= start["mean"] <= 1
+    zero = tmp_path / "z.mem.safetensors"
+    assert main(_distill_args(data_root, zero) + ["--iterations", "0"]) == 0
+    assert "starting point:" in capsys.readouterr().out
+    mz = load(zero)
+    x0, y0 = starting_point(from_record(mz.meta["config"]), load_dataset("mnist", "train", root=data_root))
+    x, y = mz.recall()
+    assert torch.equal(y0, y) and torch.allclose(x0, x, atol=1e-6)  # float32 round trip of the file
+    assert not torch.allclose(starting_point(from_record(mf.meta["config"]),
+                                             load_dataset("mnist", "train", root=data_root))[0], mf.recall()[0])
 
 
 def test_refused_resume_writes_nothing(data_root, tmp_path, capsys):

@@ -25,6 +25,7 @@ __all__ = [
     "PRESETS",
     "BUDGET10_SETTINGS",
     "resolve",
+    "from_record",
     "base_schedule",
     "preset_values",
     "parse_sets",
@@ -114,6 +115,7 @@ class EvalConfig(TrainOptions):
     training set."""
 
     every: int = 200  # outer iterations between evaluations (0: only at the end)
+    at_start: bool = True  # also evaluate the starting point, before the first outer step
     epochs: int = 300
     runs: int = 1
     augment: str = "flip_rotate"
@@ -372,6 +374,18 @@ def resolve(
     cfg.dataset = dataset
     cfg.memory.budget_ipc = float(budget_ipc)
     return cfg.validate()
+
+
+def from_record(record: Mapping[str, Any]) -> DistillConfig:
+    """The configuration a run recorded (:func:`config_to_dict`, e.g. a memory file's
+    ``config``), rebuilt through :func:`resolve`: every recorded key is applied over the
+    ``paper`` preset, so the result equals the recording (options added since it was
+    written take the ``paper`` preset's value)."""
+    try:
+        dataset, budget = record["dataset"], record["memory"]["budget_ipc"]
+    except (KeyError, TypeError):
+        raise ConfigError("the recorded configuration names no dataset or memory.budget_ipc") from None
+    return resolve("paper", dataset, budget, toml=record, flags_source="recorded configuration")
 
 
 def parse_sets(items: Iterable[str] | None, example: str = "inner.lr=0.02") -> list[tuple[str, str]]:

@@ -50,6 +50,23 @@ def _distill_config(args: argparse.Namespace):
                    sets=parse_sets(args.set))
 
 
+def _against_start(result) -> str:
+    """One line: the validation accuracy of the starting point against the memory's, said
+    plainly when distillation left the memory below where it started."""
+    start, end = result.start_eval, result.last_eval
+    if start is None:
+        return "starting point: not evaluated (evaluation.at_start=false, or a resumed run that began without it)"
+    if end is None:
+        return f"starting point: {100 * start['mean']:.2f}% on the validation split (no evaluation after it)"
+    delta = 100 * (end["mean"] - start["mean"])
+    line = (f"validation accuracy: starting point {100 * start['mean']:.2f}%, after {result.iterations} "
+            f"iterations {100 * end['mean']:.2f}% ({delta:+.2f} points)")
+    if result.below_start:
+        line += ("\nthe distilled memory is BELOW its starting point: these iterations made it worse; "
+                 "more iterations, a longer unroll (--inner-steps) or a lower outer lr may help")
+    return line
+
+
 def _refuse_bad_resume(dist, checkpoint: Path, cfg) -> None:
     """Refuse ``--resume`` from a checkpoint of another configuration before any file is
     written (rank 0 reads the checkpoint; every rank refuses together)."""
@@ -99,7 +116,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return 0
     metrics_final = {"iterations": result.iterations, "skipped_updates": result.skipped,
                      "rollbacks": result.rollbacks, "validation": result.last_eval,
-                     "distill_seconds_this_session": seconds}
+                     "validation_start": result.start_eval, "distill_seconds_this_session": seconds}
     space = distiller.label_space  # one-hot: the class names; else the label space's coordinates
     save_memory(out, result.memory, dataset=cfg.dataset, classes=list(space.coordinates), mean=train.mean,
                 std=train.std, zca=distiller.train.zca, config=config_to_dict(cfg), metrics=metrics_final,
@@ -110,6 +127,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
              "-" if result.last_eval is None else f"{100 * result.last_eval['mean']:.2f}", f"{seconds:.0f}")]
     print(table(["dataset", "memory", "budget ipc", "slots/class", "examples", "floats", "iterations",
                  "val acc %", "seconds"], rows))
+    print(_against_start(result))
     print(f"wrote {out} (checkpoint {checkpoint}, metrics {metrics})")
     if result.iterations < cfg.outer.iterations:
         print(f"stopped at the time limit after {result.iterations} of {cfg.outer.iterations} iterations; "

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from .._io import atomic_write_json
-from ..errors import ConfigError
+from ..errors import ConfigError, MemdistillError
 from ._options import Command, collective_option, data_options, device_option, progress_option
 from ._run import join, load_memory_file, rank0_first, run_header, table
 
@@ -21,7 +21,30 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
     v.add_argument("--epochs", type=int, default=300)
     v.add_argument("--augment", default="none")
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--no-starting-point", action="store_true",
+                   help="skip the memory's own starting point (rebuilt from the seed and configuration the file "
+                        "records) as a reference")
     v.add_argument("--out", help="JSON result (default FILE.eval.json)")
+
+
+def _starting_point(mf, train, device, skip: bool):
+    """``((x, y), None)``: what the memory's own starting point recalls, rebuilt from the
+    seed and configuration the file records; ``(None, why)`` when it cannot be."""
+    from ..config import from_record
+    from ..distill import starting_point
+
+    if skip:
+        return None, "skipped (--no-starting-point)"
+    if not mf.meta.get("config"):
+        return None, "the file records no configuration to rebuild it from"
+    try:
+        return starting_point(from_record(mf.meta["config"]), train, device=device), None
+    except MemdistillError as exc:  # e.g. a file from a version with other options
+        return None, f"cannot be rebuilt: {exc}"
+
+
+def _acc(res) -> str:
+    return "-" if res is None else f"{100 * res.mean:.2f} +- {100 * res.std:.2f}"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -43,34 +66,51 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if tuple(train.image_shape) != tuple(mf.image_shape) or train.num_classes != space.num_classes:
         raise ConfigError(f"{args.file} recalls {mf.image_shape} images of {space.num_classes} classes, but "
                           f"{dataset!r} has {train.image_shape} and {train.num_classes}")
+    start, why_not = _starting_point(mf, train, device, args.no_starting_point)
     # recalled images live in the memory's space: whiten the real data the same way
     train, test = train.with_zca(mf.zca), test.with_zca(mf.zca)
     x, y = mf.recall() if space.is_onehot else space.class_examples(mf.memory)
-    floats = mf.memory.floats_stored()
-    c, h, w = train.image_shape
     ref_ipc = reference_ipc(mf)  # the run's recorded budget, not a floor of the memory's floats
     ref_idx = select_subset(train, ref_ipc, "random", seed=args.seed)
     rows, record = [], {**run_header("evaluate", device=str(device), processes=dist.world_size),
-                        "file": str(args.file), "dataset": dataset, "floats_stored": floats,
-                        "examples": int(x.shape[0]), "reference_ipc": ref_ipc, "results": {}}
+                        "file": str(args.file), "dataset": dataset, "floats_stored": mf.memory.floats_stored(),
+                        "examples": int(x.shape[0]), "reference_ipc": ref_ipc, "starting_point": why_not or "rebuilt",
+                        "results": {}}
+    show = not args.no_progress and dist.is_main
     for arch in [a.strip() for a in args.arch.split(",") if a.strip()]:
-        opts = supported_options(arch, width=args.width)
-        tc = TrainConfig(arch=arch, arch_options=opts, epochs=args.epochs, augment=args.augment)
-        show = not args.no_progress and dist.is_main
-        mem_res = evaluate(TrainingSet(x, y, device=device), test, tc, runs=args.runs, seed=args.seed,
-                           device=device, progress=show, dist=dist)
-        ref_res = evaluate(train.subset(ref_idx), test, tc, runs=args.runs, seed=args.seed, device=device,
-                           progress=show, dist=dist)
-        record["results"][arch] = {"memory": mem_res.to_dict(), "random_real": ref_res.to_dict()}
-        rows.append((arch, int(x.shape[0]), f"{100 * mem_res.mean:.2f} +- {100 * mem_res.std:.2f}",
-                     ref_ipc * train.num_classes, f"{100 * ref_res.mean:.2f} +- {100 * ref_res.std:.2f}"))
+        tc = TrainConfig(arch=arch, arch_options=supported_options(arch, width=args.width), epochs=args.epochs,
+                         augment=args.augment)
+        run = lambda data: evaluate(data, test, tc, runs=args.runs, seed=args.seed, device=device,  # noqa: E731
+                                    progress=show, dist=dist)
+        mem_res, ref_res = run(TrainingSet(x, y, device=device)), run(train.subset(ref_idx))
+        start_res = None if start is None else run(TrainingSet(*start, device=device))
+        record["results"][arch] = {"memory": mem_res.to_dict(), "random_real": ref_res.to_dict(),
+                                   **({} if start_res is None else {"starting_point": start_res.to_dict()})}
+        rows.append((arch, int(x.shape[0]), _acc(mem_res), _acc(start_res), ref_ipc * train.num_classes,
+                     _acc(ref_res)))
     if not dist.is_main:  # runs were spread over the ranks; rank 0 reports
         return 0
-    print(table(["arch", "memory examples", "memory acc %", "random real examples", "random real acc %"], rows))
+    print(table(["arch", "memory examples", "memory acc %", "starting point acc %", "random real examples",
+                 "random real acc %"], rows))
+    _say_against_start(record["results"], why_not)
     out = Path(args.out) if args.out else Path(str(Path(args.file).with_suffix("")) + ".eval.json")
     atomic_write_json(out, record)
     print(f"wrote {out}")
     return 0
+
+
+def _say_against_start(results: dict, why_not: str | None) -> None:
+    """Whether distillation helped, in words: the memory against its starting point."""
+    if why_not is not None:
+        print(f"starting point: {why_not}")
+        return
+    for arch, res in results.items():
+        gain = 100 * (res["memory"]["mean"] - res["starting_point"]["mean"])
+        if gain < 0:
+            print(f"{arch}: the distilled memory is BELOW its own starting point by {-gain:.2f} points: "
+                  "distillation made it worse for this network")
+        else:
+            print(f"{arch}: distillation added {gain:.2f} points to the memory's starting point")
 
 
 COMMAND = Command(

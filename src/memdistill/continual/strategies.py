@@ -162,6 +162,7 @@ class MemoryStrategy(Strategy):
             # the end-of-run check only
             "evaluation.epochs": min(preset_values(o.preset, ["evaluation.epochs"])["evaluation.epochs"], 30),
             "evaluation.every": 0,
+            "evaluation.at_start": False,  # the learner judges the memories; no extra evaluation per task
             **self._memory_settings(image_shape, num_classes),
         }
         return resolve(o.preset, dataset, o.budget_ipc, kind=self.kind, flags=flags, flags_source="continual",

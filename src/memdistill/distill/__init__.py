@@ -16,9 +16,9 @@ step and the meta batch), :mod:`.checkpoint` (checkpoints and metrics files),
 """
 
 from .checkpoint import check_resume
-from .loop import DistillResult, Distiller, RunState
+from .loop import DistillResult, Distiller, RunState, starting_point
 from .step import StepResult
 from .streams import iteration_generator, sample_generator, stream
 
 __all__ = ["Distiller", "DistillResult", "RunState", "StepResult", "check_resume", "iteration_generator",
-           "sample_generator", "stream"]
+           "sample_generator", "starting_point", "stream"]

@@ -53,6 +53,13 @@ class DistillResult:
     rollbacks: int
     history: list[dict[str, Any]] = field(default_factory=list)
     last_eval: dict[str, Any] | None = None
+    start_eval: dict[str, Any] | None = None  # the starting point's, on the same split
+
+    @property
+    def below_start(self) -> bool:
+        """The last evaluation scored below the starting point's (the distillation did harm)."""
+        return (self.start_eval is not None and self.last_eval is not None
+                and self.last_eval["mean"] < self.start_eval["mean"])
 
 
 def outer_optimizer(oc: OuterConfig, params, lr: float) -> torch.optim.Optimizer:
@@ -74,6 +81,7 @@ class RunState:
         skipped: updates skipped for a non-finite meta-gradient.
         rollbacks: returns to the last snapshot after too many of those in a row.
         last_eval: the latest evaluation on the validation split.
+        start_eval: the evaluation of the starting point (before the first outer step).
         failures_in_a_row: non-finite meta-gradients since the last finite one (not
             part of a snapshot).
     """
@@ -85,13 +93,14 @@ class RunState:
     skipped: int = 0
     rollbacks: int = 0
     last_eval: dict[str, Any] | None = None
+    start_eval: dict[str, Any] | None = None
     failures_in_a_row: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         """A detached copy of the state (the checkpoint payload)."""
         return {
             "iteration": self.iteration, "lr": self.lr, "skipped": self.skipped, "rollbacks": self.rollbacks,
-            "last_eval": json.dumps(self.last_eval),
+            "last_eval": json.dumps(self.last_eval), "start_eval": json.dumps(self.start_eval),
             "memory": {k: v.detach().clone() for k, v in self.memory.tensors.items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
         }
@@ -105,6 +114,7 @@ class RunState:
         self.optimizer = new_optimizer(self.memory.parameters(), snap["lr"])
         self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
         self.iteration, self.lr, self.last_eval = snap["iteration"], snap["lr"], json.loads(snap["last_eval"])
+        self.start_eval = json.loads(snap.get("start_eval", "null"))  # absent from older checkpoints
         if counters:
             self.skipped, self.rollbacks = snap["skipped"], snap["rollbacks"]
 
@@ -242,6 +252,8 @@ class Distiller:
         if not main:
             metrics = None
         state = self._start(checkpoint if resume else None)
+        if cfg.evaluation.at_start and state.iteration == 0 and state.start_eval is None:
+            state.start_eval = self.evaluate_memory(state.memory)  # the reference every result is judged by
         history = self._open_metrics(metrics, resume, state.iteration)
         snapshot = state.snapshot()
         total = cfg.outer.iterations
@@ -271,7 +283,8 @@ class Distiller:
             bar.close()
         for p in state.memory.parameters():
             p.requires_grad_(False)
-        return DistillResult(state.memory, state.iteration, state.skipped, state.rollbacks, history, state.last_eval)
+        return DistillResult(state.memory, state.iteration, state.skipped, state.rollbacks, history, state.last_eval,
+                             state.start_eval)
 
     def _start(self, checkpoint: PathLike | None) -> RunState:
         """A new memory and outer optimiser, continued from ``checkpoint`` when it
@@ -373,3 +386,13 @@ def place_real_data(data: ImageDataset, device: torch.device, mode: str) -> Imag
                      "memory", need / 1e9, device)
             return data
     return dataclasses.replace(data, images=data.images.to(device), labels=data.labels.to(device))
+
+
+def starting_point(config: DistillConfig, train: ImageDataset, device: str | torch.device = "cpu"):
+    """What the starting point of a run with ``config`` on ``train`` recalls for every
+    original class: ``(N, C, H, W)`` images and ``(N,)`` class indices of the memory
+    before its first outer step, rebuilt exactly from the seed and configuration (the
+    reference a distilled memory is judged against)."""
+    distiller = Distiller(config, train, device=device)
+    return distiller.label_space.class_examples(distiller.new_memory())
+
