@@ -180,8 +180,29 @@ def test_distill_reports_its_starting_point_and_evaluate_rebuilds_it_exactly(dat
     x0, y0 = starting_point(from_record(mz.meta["config"]), load_dataset("mnist", "train", root=data_root))
     x, y = mz.recall()
     assert torch.equal(y0, y) and torch.allclose(x0, x, atol=1e-6)  # float32 round trip of the file
+    # evaluate trains on the memory with the augmentation the file records (test follows validation)
+    rotated = tmp_path / "r.mem.safetensors"
+    assert main(_distill_args(data_root, rotated) + ["--iterations", "0", "--set", "evaluation.augment=rotate"]) == 0
+    ev = tmp_path / "r.json"
+    assert main(["evaluate", str(rotated), "--runs", "1", "--epochs", "1", "--width", "8", "--root", str(data_root),
+                 "--out", str(ev), "--no-progress", "--no-starting-point"]) == 0
+    assert json.loads(ev.read_text())["augment"] == "rotate"
     assert not torch.allclose(starting_point(from_record(mf.meta["config"]),
                                              load_dataset("mnist", "train", root=data_root))[0], mf.recall()[0])
+
+
+def test_digits_are_not_flipped_by_default():
+    """Per-dataset defaults: digit datasets rotate only (a flipped digit is not the same
+    digit); other datasets keep flip_rotate; a preset's explicit choice wins."""
+    from memdistill.config import resolve
+
+    for dataset in ("mnist", "svhn"):
+        cfg = resolve("paper", dataset, 1)
+        assert (cfg.inner.augment, cfg.evaluation.augment) == ("rotate", "rotate")
+    for dataset in ("fashion-mnist", "cifar10"):
+        assert resolve("paper", dataset, 1).inner.augment == "flip_rotate"
+    assert resolve("cpu", "mnist", 1).inner.augment == "none"
+    assert resolve("paper", "mnist", 1, sets=[("inner.augment", "flip")]).inner.augment == "flip"
 
 
 def test_refused_resume_writes_nothing(data_root, tmp_path, capsys):

@@ -19,7 +19,8 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
     v.add_argument("--width", type=int, help="width of convnet/mlp (default: the network's own)")
     v.add_argument("--runs", type=int, default=5)
     v.add_argument("--epochs", type=int, default=300)
-    v.add_argument("--augment", default="none")
+    v.add_argument("--augment", help="augmentation while training on the memory (default: the evaluation "
+                                     "augmentation the file records, so test follows validation; else none)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--no-starting-point", action="store_true",
                    help="skip the memory's own starting point (rebuilt from the seed and configuration the file "
@@ -77,9 +78,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         "examples": int(x.shape[0]), "reference_ipc": ref_ipc, "starting_point": why_not or "rebuilt",
                         "results": {}}
     show = not args.no_progress and dist.is_main
+    augment = args.augment or ((mf.meta.get("config") or {}).get("evaluation") or {}).get("augment", "none")
+    record["augment"] = augment
     for arch in [a.strip() for a in args.arch.split(",") if a.strip()]:
         tc = TrainConfig(arch=arch, arch_options=supported_options(arch, width=args.width), epochs=args.epochs,
-                         augment=args.augment)
+                         augment=augment)
         run = lambda data: evaluate(data, test, tc, runs=args.runs, seed=args.seed, device=device,  # noqa: E731
                                     progress=show, dist=dist)
         mem_res, ref_res = run(TrainingSet(x, y, device=device)), run(train.subset(ref_idx))
