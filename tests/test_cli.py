@@ -98,14 +98,14 @@ def test_distill_info_show_evaluate_end_to_end(data_root, tmp_path, capsys):
     rec = json.loads(ev.read_text())
     assert rec["examples"] == 290 and rec["reference_ipc"] == 1
     # the memory's own starting point, rebuilt from the file, is the third reference
-    assert set(rec["results"]["convnet"]) == {"memory", "random_real", "starting_point"}
+    assert set(rec["results"]["convnet"]) == {"memory", "random_real", "herding_real", "starting_point"}
     assert rec["starting_point"] == "rebuilt"
     printed = capsys.readouterr().out
     assert "starting point acc %" in printed and ("BELOW its own starting point" in printed
                                                    or "distillation added" in printed)
     assert main(["evaluate", str(out), "--runs", "1", "--epochs", "2", "--width", "8", "--root", str(data_root),
                  "--out", str(ev), "--no-progress", "--no-starting-point"]) == 0
-    assert set(json.loads(ev.read_text())["results"]["convnet"]) == {"memory", "random_real"}
+    assert set(json.loads(ev.read_text())["results"]["convnet"]) == {"memory", "random_real", "herding_real"}
 
 
 def test_distill_time_limit_writes_the_partial_memory_and_resume_completes_it(data_root, tmp_path, capsys):

@@ -72,7 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     train, test = train.with_zca(mf.zca), test.with_zca(mf.zca)
     x, y = mf.recall() if space.is_onehot else space.class_examples(mf.memory)
     ref_ipc = reference_ipc(mf)  # the run's recorded budget, not a floor of the memory's floats
-    ref_idx = select_subset(train, ref_ipc, "random", seed=args.seed)
+    refs = {m: train.subset(select_subset(train, ref_ipc, m, seed=args.seed)) for m in ("random", "herding")}
     rows, record = [], {**run_header("evaluate", device=str(device), processes=dist.world_size),
                         "file": str(args.file), "dataset": dataset, "floats_stored": mf.memory.floats_stored(),
                         "examples": int(x.shape[0]), "reference_ipc": ref_ipc, "starting_point": why_not or "rebuilt",
@@ -85,16 +85,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                          augment=augment)
         run = lambda data: evaluate(data, test, tc, runs=args.runs, seed=args.seed, device=device,  # noqa: E731
                                     progress=show, dist=dist)
-        mem_res, ref_res = run(TrainingSet(x, y, device=device)), run(train.subset(ref_idx))
+        mem_res, ref_res, herd_res = run(TrainingSet(x, y, device=device)), run(refs["random"]), run(refs["herding"])
         start_res = None if start is None else run(TrainingSet(*start, device=device))
         record["results"][arch] = {"memory": mem_res.to_dict(), "random_real": ref_res.to_dict(),
+                                   "herding_real": herd_res.to_dict(),
                                    **({} if start_res is None else {"starting_point": start_res.to_dict()})}
         rows.append((arch, int(x.shape[0]), _acc(mem_res), _acc(start_res), ref_ipc * train.num_classes,
-                     _acc(ref_res)))
+                     _acc(ref_res), _acc(herd_res)))
     if not dist.is_main:  # runs were spread over the ranks; rank 0 reports
         return 0
-    print(table(["arch", "memory examples", "memory acc %", "starting point acc %", "random real examples",
-                 "random real acc %"], rows))
+    print(table(["arch", "memory examples", "memory acc %", "starting point acc %", "real examples",
+                 "random real acc %", "herding real acc %"], rows))
     _say_against_start(record["results"], why_not)
     out = Path(args.out) if args.out else Path(str(Path(args.file).with_suffix("")) + ".eval.json")
     atomic_write_json(out, record)
