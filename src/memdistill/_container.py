@@ -62,6 +62,9 @@ class TensorSpec:
 
 
 # ----------------------------------------------------------------------------- writing
+_HEADER_KEYS = ("format", "format_version", "library_version", "created")
+
+
 def write_container(
     path: str | Path,
     tensors: Mapping[str, torch.Tensor],
@@ -95,7 +98,8 @@ def write_container(
         "format_version": fmt.version,
         "library_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **meta,
+        # the header is this write's own: a re-saved document cannot carry an old one over
+        **{k: v for k, v in meta.items() if k not in _HEADER_KEYS},
     }, "")
     return atomic_write_bytes(path, _encode(stored, doc, size_field))
 

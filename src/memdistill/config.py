@@ -344,6 +344,7 @@ def resolve(
     flags: Mapping[str, Any] | None = None,
     sets: Iterable[tuple[str, Any]] = (),
     flags_source: str = "command line",
+    toml_source: str = "TOML",
     sets_source: str = "--set",
 ) -> DistillConfig:
     """The validated configuration of a distillation run: the one place it is assembled.
@@ -362,12 +363,13 @@ def resolve(
 
     ``dataset`` and ``budget_ipc`` are then set from the arguments and the result is
     validated once. Unknown keys, values of the wrong type and invalid settings raise
-    :class:`ConfigError` naming their source (``flags_source``, ``sets_source``, the TOML path).
+    :class:`ConfigError` naming their source (``flags_source``, ``sets_source``, the TOML path or
+    ``toml_source`` for a parsed tree).
     """
     if isinstance(toml, (str, Path)):
         toml_source, toml = str(toml), load_toml(toml)
     else:
-        toml_source, toml = "TOML", dict(toml or {})
+        toml = dict(toml or {})
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     sets = list(sets)
     cfg = DistillConfig(dataset=dataset, memory=MemoryConfig(kind=kind or "bases"))
@@ -394,7 +396,7 @@ def from_record(record: Mapping[str, Any]) -> DistillConfig:
         dataset, budget = record["dataset"], record["memory"]["budget_ipc"]
     except (KeyError, TypeError):
         raise ConfigError("the recorded configuration names no dataset or memory.budget_ipc") from None
-    return resolve("paper", dataset, budget, toml=record, flags_source="recorded configuration")
+    return resolve("paper", dataset, budget, toml=record, toml_source="recorded configuration")
 
 
 def parse_sets(items: Iterable[str] | None, example: str = "inner.lr=0.02") -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .errors import ConfigError, DistributedError, MemdistillError
+from .errors import ConfigError, DistributedError
 
 __all__ = [
     "DistContext",
@@ -126,12 +126,15 @@ class DistContext:
         if self.distributed:
             import torch.distributed as tdist
 
+            if synchronize and tdist.is_initialized():
+                try:
+                    self.barrier()
+                except DistributedError:  # a rank was lost after all: leave anyway
+                    log.debug("no barrier before leaving the process group", exc_info=True)
             try:
                 if tdist.is_initialized():
-                    if synchronize:
-                        self.barrier()
                     tdist.destroy_process_group()
-            except (RuntimeError, MemdistillError):  # best effort: a group that lost a rank may not tear down
+            except RuntimeError:  # best effort: a group that lost a rank may not tear down cleanly
                 log.debug("process group teardown failed", exc_info=True)
 
 

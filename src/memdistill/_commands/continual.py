@@ -42,7 +42,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     from .._machine import describe_machine
     from ..config import parse_sets
     from ..continual import (ALL_STRATEGIES, LearnerConfig, StrategyOptions, create_benchmark, format_table,
-                            plot_results, run_continual, save_results)
+                            plot_results, run_comparison, save_results)
     from ..continual.strategies import STRATEGIES
 
     names = list(ALL_STRATEGIES) if args.strategy == "all" else [s.strip() for s in args.strategy.split(",") if s.strip()]
@@ -72,10 +72,14 @@ def cmd_continual(args: argparse.Namespace) -> int:
             "budget_ipc": args.budget_ipc, "preset": args.preset, "distill_overrides": overrides,
             "learner": vars(learner).copy(),
             "options": {k: v for k, v in vars(options).items() if k != "progress"}}
-    results = []
-    for n in names:
-        results.append(run_continual(bench, n, options, learner, progress=not args.no_progress))
-        save_results(out, results, **meta)  # after every strategy: a long comparison keeps what it has
+    results: list = []
+
+    def keep(name, result):  # after every strategy: a long comparison keeps what it has
+        results.append(result)
+        save_results(out, results, **meta)
+
+    # every strategy's budget is checked before any work starts
+    run_comparison(bench, names, options, learner, progress=not args.no_progress, callback=keep)
     title = f"{bench.name}, budget {args.budget_ipc:g} images/class"
     plot_results(results, png, title=title)
     print(f"{title} (accuracy % on all classes seen after each task)")

@@ -70,7 +70,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     start, why_not = _starting_point(mf, train, device, args.no_starting_point)
     # recalled images live in the memory's space: whiten the real data the same way
     train, test = train.with_zca(mf.zca), test.with_zca(mf.zca)
-    x, y = mf.recall() if space.is_onehot else space.class_examples(mf.memory)
+    x, y = space.class_examples(mf.memory)
     ref_ipc = reference_ipc(mf)  # the run's recorded budget, not a floor of the memory's floats
     refs = {m: train.subset(select_subset(train, ref_ipc, m, seed=args.seed)) for m in ("random", "herding")}
     rows, record = [], {**run_header("evaluate", device=str(device), processes=dist.world_size),

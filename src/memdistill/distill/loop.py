@@ -393,6 +393,8 @@ def starting_point(config: DistillConfig, train: ImageDataset, device: str | tor
     original class: ``(N, C, H, W)`` images and ``(N,)`` class indices of the memory
     before its first outer step, rebuilt exactly from the seed and configuration (the
     reference a distilled memory is judged against)."""
-    distiller = Distiller(config, train, device=device)
-    return distiller.label_space.class_examples(distiller.new_memory())
+    # built on the CPU: only the memory is needed, not the real data placed on a device
+    distiller = Distiller(config, train, device="cpu")
+    x, y = distiller.label_space.class_examples(distiller.new_memory())
+    return x.to(device), y.to(device)
 

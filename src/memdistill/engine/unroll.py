@@ -167,7 +167,7 @@ def meta_gradient(
         split: the unroll is split over processes by class (checkpointed mode only);
             see :class:`ClassSplit` and :class:`MetaGradient` for what is returned.
     """
-    T, W, weights = _check_unroll(mode, len(plans), window, split)
+    W, weights = _check_unroll(mode, len(plans), window, split)
     memory = tuple(memory)
     if mode == "full":
         return _full(memory, recall, forward, init_params, optimizer, plans, outer_loss, W)
@@ -178,8 +178,8 @@ def meta_gradient(
     return _checkpointed(memory, recall, init_params, plans, outer_loss, W, rule)
 
 
-def _check_unroll(mode: str, T: int, window: int | None, split: ClassSplit | None) -> tuple[int, int, list[float]]:
-    """``(T, W, inner-loss weights)`` of a valid unroll, else :class:`ConfigError`."""
+def _check_unroll(mode: str, T: int, window: int | None, split: ClassSplit | None) -> tuple[int, list[float]]:
+    """``(W, inner-loss weights)`` of a valid unroll of ``T`` steps, else :class:`ConfigError`."""
     if mode not in UNROLL_MODES:
         raise ConfigError(f"unknown unroll mode {mode!r}; valid: {', '.join(UNROLL_MODES)}")
     if T < 1:
@@ -194,8 +194,8 @@ def _check_unroll(mode: str, T: int, window: int | None, split: ClassSplit | Non
         if split.weights is not None:
             weights = [float(w) for w in split.weights]
         if len(weights) != T:
-            raise ConfigError(f"shard_weights needs one weight per inner step ({T}), got {len(weights)}")
-    return T, W, weights
+            raise ConfigError(f"ClassSplit.weights needs one weight per inner step ({T}), got {len(weights)}")
+    return W, weights
 
 
 def _full(memory, recall, forward, init_params, optimizer, plans, outer_loss, W) -> MetaGradient:
