@@ -63,6 +63,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+POOL = {"outer.meta_batch": 3, "outer.pool_size": 4, "outer.pool_unroll": 2, "outer.pool_max_steps": 6}
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """One torchrun launch of two ranks running every task the tests below check."""
@@ -75,6 +78,7 @@ def two_ranks(tmp_path_factory):
         {"name": "resumed", "kind": "distill", "config": {"outer.meta_batch": 2},
          "checkpoint": str(tmp / "run.ckpt"), "metrics": str(tmp / "run.jsonl"), "resume": True},
         {"name": "evaluate", "kind": "evaluate", "runs": 3},
+        {"name": "pool", "kind": "distill", "config": POOL},
         # last: these switch the processes to float64
         {"name": "grad2", "kind": "gradient", "config": {"outer.meta_batch": 2}, "iteration": 1},
         {"name": "grad3", "kind": "gradient", "config": {"outer.meta_batch": 3}, "iteration": 1},
@@ -180,6 +184,17 @@ def test_two_ranks_distill_the_same_memory_as_one_process(two_ranks, one_thread)
     assert got["losses"] == [r["loss"] for r in ref.history]
     one = Distiller(tiny_config(**{"outer.meta_batch": 1}), tiny_dataset()).run()
     assert not torch.equal(one.memory.tensors["bases"], ref.memory.tensors["bases"])
+
+
+def test_two_ranks_distill_with_a_model_pool_as_one_process(two_ranks, one_thread):
+    """Three unrolls per outer step from pool members, on two ranks (unrolls 0 and 2 on
+    rank 0, 1 on rank 1): each rank receives the members the other advanced."""
+    got = torch.load(two_ranks / "pool.pt")
+    ref = Distiller(tiny_config(**POOL), tiny_dataset()).run()
+    assert got["iterations"] == ref.iterations == 4 and got["losses"] == [r["loss"] for r in ref.history]
+    for k, v in ref.memory.tensors.items():
+        assert torch.equal(got["memory"][k], v), k
+    assert [r["pool_steps"] for r in ref.history][-1] != [0, 0, 0]  # members really advanced
 
 
 def test_a_two_rank_run_resumes_exactly_with_two_ranks_or_one(two_ranks, one_thread, tmp_path):

@@ -78,6 +78,12 @@ class OuterConfig:
     max_failures: int = 3  # consecutive NaN/Inf meta-gradients before a rollback
     meta_batch: int = 1  # inner unrolls per outer step, spread over the ranks of a torchrun job
     split_classes: bool = False  # every rank takes part in every unroll, on its share of the classes
+    # model pool (0: off, a fresh network unrolled inner.steps steps per outer step): P inner
+    # networks that live on between outer steps; each step advances one by pool_unroll steps
+    # with the exact meta-gradient through them; a member re-starts past pool_max_steps
+    pool_size: int = 0
+    pool_unroll: int = 10
+    pool_max_steps: int = 200
 
 
 @dataclass
@@ -170,12 +176,30 @@ class DistillConfig:
             (self.data_on_device in ("auto", "always", "never"), "data_on_device must be auto, always or never"),
             (self.zca >= 0, "zca (the whitening regularisation) must be >= 0; 0 turns it off"),
             (self.evaluation.every >= 0, "evaluation.every must be >= 0"),
+            *self._pool_checks(),
             (0 < self.evaluation.val_fraction < 1, "evaluation.val_fraction must be in (0, 1)"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
         return self
+
+    def _pool_checks(self) -> list[tuple[bool, str]]:
+        oc = self.outer
+        if oc.pool_size == 0:
+            return [(True, "")]
+        return [
+            (oc.pool_size >= 1, f"outer.pool_size must be >= 0 (0: no pool), got {oc.pool_size}"),
+            (oc.pool_max_steps >= 1, f"outer.pool_max_steps must be >= 1, got {oc.pool_max_steps}"),
+            (1 <= oc.pool_unroll <= oc.pool_max_steps,
+             f"outer.pool_unroll must be in [1, outer.pool_max_steps={oc.pool_max_steps}], got {oc.pool_unroll}"),
+            (oc.pool_size >= oc.meta_batch,
+             f"outer.pool_size ({oc.pool_size}) must be >= outer.meta_batch ({oc.meta_batch}): each unroll of an "
+             "outer step takes its own member"),
+            (oc.window == 0 and not oc.random_truncation,
+             "a model pool differentiates through all outer.pool_unroll steps: set outer.window=0 and "
+             "outer.random_truncation=false (they shorten fresh-network unrolls only)"),
+        ]
 
 
 def config_to_dict(cfg: DistillConfig) -> dict[str, Any]:

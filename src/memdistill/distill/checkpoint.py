@@ -2,9 +2,11 @@
 
 A checkpoint is a ``torch.save`` of the run state's snapshot (see
 :meth:`.loop.RunState.snapshot`: ``iteration``, ``lr``, ``skipped``, ``rollbacks``,
-``last_eval`` as JSON, ``memory`` tensors, outer ``optimizer`` state) plus the run's
+``last_eval`` as JSON, ``memory`` tensors, outer ``optimizer`` state, the model
+``pool``) plus the run's
 ``config`` as JSON, written atomically. A run resumes from it only when the settings
-that shape the memory (``dataset``, ``seed``, ``zca``, ``memory``) are unchanged.
+that shape the memory (``dataset``, ``seed``, ``zca``, ``memory``) and the model pool's
+(``outer.pool_*``) are unchanged.
 
 Metrics are JSON lines, one record per outer iteration.
 """
@@ -30,6 +32,8 @@ __all__ = ["check_resume", "load_checkpoint", "save_checkpoint", "append_metrics
 
 RESUME_KEYS = ("dataset", "seed", "zca", "memory")
 """Configuration sections that must be unchanged for a run to resume from a checkpoint."""
+POOL_KEYS = ("pool_size", "pool_unroll", "pool_max_steps")
+"""Options of ``outer`` that must be unchanged too: the model pool the checkpoint holds."""
 
 PathLike = str | os.PathLike
 
@@ -58,6 +62,14 @@ def _check_config(snapshot: dict[str, Any], config: DistillConfig, path: PathLik
             raise ConfigError(
                 f"checkpoint {path} was written with a different {key} ({saved_cfg.get(key)!r} vs "
                 f"{now.get(key)!r}); resume with the same configuration or start afresh without --resume"
+            )
+    defaults = {"pool_size": 0}  # checkpoints from before the pool had none
+    for key in POOL_KEYS:
+        was, want = saved_cfg["outer"].get(key, defaults.get(key)), now["outer"][key]
+        if was != want and (saved_cfg["outer"].get("pool_size", 0) or now["outer"]["pool_size"]):
+            raise ConfigError(
+                f"checkpoint {path} was written with outer.{key}={was!r} (its model pool), this run has "
+                f"{want!r}; resume with the same pool settings or start afresh without --resume"
             )
 
 

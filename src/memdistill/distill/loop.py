@@ -35,14 +35,16 @@ from ..labels import create_label_space
 from ..memory import Memory
 from ..models import supported_options
 from .checkpoint import append_metrics, load_checkpoint, read_metrics, reset_metrics, save_checkpoint
-from .step import StepInputs, StepResult, check_class_split, meta_step, outer_gradient
-from .streams import sample_generator
+from .pool import Member, ModelPool
+from .step import StepInputs, StepResult, check_class_split, inner_network, meta_step, outer_gradient
+from .streams import sample_generator, stream
 
 __all__ = ["Distiller", "DistillResult", "RunState"]
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
+POOL_STREAM = 0x706F6F6C  # names the random streams of pool members' initialisations
 
 
 @dataclass
@@ -82,6 +84,7 @@ class RunState:
         rollbacks: returns to the last snapshot after too many of those in a row.
         last_eval: the latest evaluation on the validation split.
         start_eval: the evaluation of the starting point (before the first outer step).
+        pool: the model pool (``outer.pool_size > 0``), else ``None``.
         failures_in_a_row: non-finite meta-gradients since the last finite one (not
             part of a snapshot).
     """
@@ -94,6 +97,7 @@ class RunState:
     rollbacks: int = 0
     last_eval: dict[str, Any] | None = None
     start_eval: dict[str, Any] | None = None
+    pool: ModelPool | None = None
     failures_in_a_row: int = 0
 
     def snapshot(self) -> dict[str, Any]:
@@ -103,6 +107,7 @@ class RunState:
             "last_eval": json.dumps(self.last_eval), "start_eval": json.dumps(self.start_eval),
             "memory": {k: v.detach().clone() for k, v in self.memory.tensors.items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "pool": None if self.pool is None else self.pool.state_dict(),
         }
 
     def restore(self, snap: dict[str, Any], new_optimizer: Callable[..., torch.optim.Optimizer],
@@ -117,6 +122,8 @@ class RunState:
         self.start_eval = json.loads(snap.get("start_eval", "null"))  # absent from older checkpoints
         if counters:
             self.skipped, self.rollbacks = snap["skipped"], snap["rollbacks"]
+        if self.pool is not None:
+            self.pool.load_state_dict(snap["pool"], device=self.memory.tensors[self.memory.names[0]].device)
 
 
 class Distiller:
@@ -163,6 +170,9 @@ class Distiller:
             arch_options=supported_options(ic.arch, width=ic.width, norm=ic.norm, depth=ic.depth or None),
             device=self.device, dist=self.dist,
         )
+        if config.outer.pool_size:
+            forward, _ = inner_network(self._inputs, torch.Generator().manual_seed(0))  # only its forward
+            self._inputs = dataclasses.replace(self._inputs, pool_forward=forward)
         self._split = bool(config.outer.split_classes) and self.dist.distributed
         if self._split:
             check_class_split(config, self.train, self.label_space, self._inputs.arch_options, self.dist.world_size)
@@ -199,19 +209,32 @@ class Distiller:
     def _outer_optimizer(self, params, lr: float) -> torch.optim.Optimizer:
         return outer_optimizer(self.config.outer, params, lr)
 
-    def meta_step(self, memory: Memory, iteration: int, sample: int = 0) -> StepResult:
-        """Outer loss and meta-gradient of ``memory`` at ``iteration`` (pure in the memory)
-        for inner unroll ``sample`` of the iteration (its randomness: :func:`sample_generator`)."""
+    def meta_step(self, memory: Memory, iteration: int, sample: int = 0, member: Member | None = None) -> StepResult:
+        """Outer loss and meta-gradient of ``memory`` at ``iteration`` (pure in the memory
+        and ``member``) for inner unroll ``sample`` of the iteration (its randomness:
+        :func:`sample_generator`), from a fresh network or from pool ``member``."""
         g = sample_generator(self.config.seed, iteration, sample)
-        return meta_step(self._inputs, memory, g, split=self._split)
+        return meta_step(self._inputs, memory, g, split=self._split, member=member)
 
-    def outer_gradient(self, memory: Memory, iteration: int) -> StepResult:
+    def outer_gradient(self, memory: Memory, iteration: int, members: list[Member] | None = None) -> StepResult:
         """The meta-gradient the outer step uses: the mean over ``outer.meta_batch``
         inner unrolls, summed over all ranks (each computes unrolls ``j`` with
         ``j mod world_size == rank``). Identical on every rank; with one unroll in one
-        process it is :meth:`meta_step` itself."""
+        process it is :meth:`meta_step` itself. ``members``: the pool members the
+        unrolls start from (see :func:`.step.outer_gradient`)."""
         return outer_gradient(self.meta_step, memory, iteration, self.config.outer.meta_batch, self.dist,
-                              self._split, self.device)
+                              self._split, self.device, members=members)
+
+    def new_pool(self) -> ModelPool | None:
+        """An empty model pool as ``outer.pool_*`` say (``None`` without one)."""
+        oc = self.config.outer
+        return ModelPool(oc.pool_size, oc.pool_unroll, oc.pool_max_steps) if oc.pool_size else None
+
+    def new_member(self, index: int, generation: int):
+        """The initial ``(params, opt_state)`` of pool member ``index`` in ``generation``:
+        a fresh network drawn from its own stream ``(seed, POOL_STREAM, index, generation)``."""
+        _, init = inner_network(self._inputs, stream(self.config.seed, POOL_STREAM, index, generation))
+        return init, tuple(self._inputs.inner_optimizer.init(init))
 
     def evaluate_memory(self, memory: Memory, split: ImageDataset | None = None) -> dict[str, Any]:
         ec = self.config.evaluation
@@ -291,7 +314,7 @@ class Distiller:
         exists (rank 0 reads it and hands its bytes to every rank: no shared disk needed)."""
         memory = self.new_memory()
         lr = self.config.outer.lr
-        state = RunState(memory, self._outer_optimizer(memory.parameters(), lr), lr=lr)
+        state = RunState(memory, self._outer_optimizer(memory.parameters(), lr), lr=lr, pool=self.new_pool())
         if checkpoint is None:
             return state
         main = self.dist.is_main
@@ -319,8 +342,14 @@ class Distiller:
         oc, ec = self.config.outer, self.config.evaluation
         t0 = time.perf_counter()
         it = state.iteration
-        loss, grads, inner_losses = self.outer_gradient(state.memory, it)
+        members, taken = self._take_members(state.pool, it)
+        result = self.outer_gradient(state.memory, it, members)
+        loss, grads, inner_losses = result
         record: dict[str, Any] = {"iteration": it, "loss": loss, "lr": state.lr}
+        if members is not None:
+            record["pool_steps"] = [m.steps for m in members]  # where each unroll started
+            for index, (params, opt_state) in zip(taken, result.final):
+                state.pool.advance(index, params, opt_state)
         if math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grads):
             state.failures_in_a_row = 0
             self._update(state, grads, record)
@@ -338,6 +367,15 @@ class Distiller:
             state.last_eval = self.evaluate_memory(state.memory)
             record["eval"] = state.last_eval
         return record
+
+    def _take_members(self, pool: ModelPool | None, iteration: int) -> tuple[list[Member] | None, list[int]]:
+        """The pool members the unrolls of ``iteration`` start from, and their indices
+        (identical on every rank: re-initialisations are drawn from seeded streams)."""
+        if pool is None:
+            return None, []
+        M = self.config.outer.meta_batch
+        taken = [pool.index(iteration, j, M) for j in range(M)]
+        return [pool.take(i, self.new_member) for i in taken], taken
 
     def _update(self, state: RunState, grads, record: dict[str, Any]) -> None:
         """One outer optimiser step along ``grads`` (clipped, on the lr schedule)."""

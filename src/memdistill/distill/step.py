@@ -11,7 +11,7 @@ A meta step draws, from its own random stream: the classes of the unroll (with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -23,13 +23,16 @@ from ..errors import ConfigError
 from ..labels import LabelSpace
 from ..memory import Memory
 from ..models import create_model, functional_forward
+from .pool import Member
 
-__all__ = ["StepInputs", "StepResult", "meta_step", "outer_gradient", "class_share", "check_class_split"]
+__all__ = ["StepInputs", "StepResult", "inner_network", "meta_step", "outer_gradient", "class_share",
+           "check_class_split"]
 
 Tensors = tuple[torch.Tensor, ...]
 
 
-class StepResult(NamedTuple):
+@dataclass(frozen=True)
+class StepResult:
     """The outer loss and meta-gradient of one outer iteration (or one unroll of it).
 
     Unpacks as ``loss, grads, inner_losses``.
@@ -42,11 +45,21 @@ class StepResult(NamedTuple):
         inner_losses: the inner training loss of each inner step of the unroll (for
             the mean over several unrolls: one number, the mean last inner loss; empty
             when no unroll had one).
+        final: with a model pool, the ``(params, opt_state)`` each pool unroll ended at
+            (for one unroll: a list of one; for :func:`outer_gradient`: one per unroll
+            of the outer step, on every rank); ``None`` without a pool.
     """
 
     loss: float
     grads: Tensors
     inner_losses: list[float]
+    final: list[tuple[Tensors, Tensors]] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.loss, self.grads, self.inner_losses))
+
+    def __getitem__(self, i: int) -> Any:
+        return (self.loss, self.grads, self.inner_losses)[i]
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,8 @@ class StepInputs:
         arch_options: options of the inner network.
         device: where the unroll runs.
         dist: this process's place in the run.
+        pool_forward: with a model pool, the members' pure ``forward(params, x)`` (through
+            the label space, as :func:`inner_network`'s).
     """
 
     config: DistillConfig
@@ -76,13 +91,14 @@ class StepInputs:
     arch_options: dict[str, Any]
     device: torch.device
     dist: DistContext
+    pool_forward: Callable[..., torch.Tensor] | None = None
 
 
 def _weighted(loss_fn: Callable[..., torch.Tensor], weight: float) -> Callable[..., torch.Tensor]:
     return lambda *args: loss_fn(*args) * weight
 
 
-def _inner_network(inputs: StepInputs, g: torch.Generator):
+def inner_network(inputs: StepInputs, g: torch.Generator):
     """A freshly initialised inner network: its pure ``forward(params, x)`` (through
     the label space) and its initial parameters."""
     cfg, train = inputs.config, inputs.train
@@ -121,24 +137,33 @@ def _coefficient_penalty(inputs: StepInputs, memory: Memory, grads: list[torch.T
         grads[i] = grads[i] + mc.coeff_alpha * (2 * a if mc.coeff_penalty == "l2" else torch.sign(a))
 
 
-def meta_step(inputs: StepInputs, memory: Memory, g: torch.Generator, split: bool = False) -> StepResult:
+def meta_step(inputs: StepInputs, memory: Memory, g: torch.Generator, split: bool = False,
+              member: Member | None = None) -> StepResult:
     """Outer loss and meta-gradient of ``memory`` for one inner unroll, pure in the
-    memory, all its randomness drawn from ``g``.
+    memory (and ``member``), all its randomness drawn from ``g``.
 
     Args:
         split: compute this process's share of the unroll's classes
             (``outer.split_classes``); the memory gradient is then this process's part
             (:class:`~memdistill.engine.MetaGradient`), to be summed over processes.
+        member: unroll ``outer.pool_unroll`` steps from this pool member's state (its
+            end state is the result's ``final``) instead of a fresh network's
+            ``inner.steps``.
     """
     ic, oc, space = inputs.config.inner, inputs.config.outer, inputs.space
     L = inputs.train.num_classes
     classes = None
     if ic.classes_per_step and ic.classes_per_step < L:
         classes = torch.randperm(L, generator=g)[: ic.classes_per_step].sort().values
-    forward, init = _inner_network(inputs, g)
-    steps, window = ic.steps, (oc.window or None)
-    if oc.random_truncation:
-        steps = int(torch.randint(oc.window, ic.steps + 1, (), generator=g))
+    init_state = None
+    if member is None:
+        forward, init = inner_network(inputs, g)
+        steps, window = ic.steps, (oc.window or None)
+        if oc.random_truncation:
+            steps = int(torch.randint(oc.window, ic.steps + 1, (), generator=g))
+    else:
+        forward, init, init_state = inputs.pool_forward, member.params, member.state
+        steps, window = oc.pool_unroll, None
     plans = draw_plans(steps, space.rows, memory.slots, ic.n_per_class, g, inputs.train.image_shape,
                        inputs.augment, classes)
     cls_list = range(L) if classes is None else classes.tolist()
@@ -153,41 +178,70 @@ def meta_step(inputs: StepInputs, memory: Memory, g: torch.Generator, split: boo
     if split:
         outer_loss = _weighted(outer_loss, outer_weight)
     res = meta_gradient(memory.parameters(), space.recall_rows(memory, inputs.augment), forward, init,
-                        inputs.inner_optimizer, plans, outer_loss, mode=oc.unroll, window=window, split=shares)
+                        inputs.inner_optimizer, plans, outer_loss, mode=oc.unroll, window=window, split=shares,
+                        init_state=init_state)
     grads = list(res.grads)
     _coefficient_penalty(inputs, memory, grads, split)
-    return StepResult(float(res.loss), tuple(grads), res.inner_losses)
+    return StepResult(float(res.loss), tuple(grads), res.inner_losses, None if member is None else [res.final])
 
 
 def outer_gradient(step: Callable[..., StepResult], memory: Memory, iteration: int, meta_batch: int,
-                   dist: DistContext, split: bool, device: torch.device) -> StepResult:
+                   dist: DistContext, split: bool, device: torch.device,
+                   members: Sequence[Member] | None = None) -> StepResult:
     """The meta-gradient the outer step uses: the mean over ``meta_batch`` unrolls
     ``step(memory, iteration, sample=j)``, summed over all ranks (each computes unrolls
-    ``j`` with ``j mod world_size == rank``; with ``split`` every rank takes its share
-    of every unroll). Identical on every rank; with one unroll in one process it is
-    ``step(memory, iteration)`` itself."""
+    ``j`` with ``j mod world_size == rank``; with ``split`` every rank takes part in
+    every unroll). Identical on every rank; with one unroll in one process it is
+    ``step(memory, iteration)`` itself.
+
+    With a model pool, ``members[j]`` is the member unroll ``j`` starts from (passed to
+    ``step`` as ``member=``), and the result's ``final`` holds every unroll's end state
+    on every rank (the ranks that did not compute an unroll receive it)."""
     M = meta_batch
+    extra = {} if members is None else {"member": members[0]}
     if M == 1 and not dist.distributed:
-        return StepResult(*step(memory, iteration))
+        return step(memory, iteration, **extra)
     acc: list[torch.Tensor] | None = None
     stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, last inner loss sum, unrolls with one
     # split classes: every rank takes part in every unroll (its losses are already totals)
     samples = range(M) if split else dist.shard(M)
     stats_scale = 1.0 / dist.world_size if split else 1.0
+    finals: dict[int, tuple] = {}
     for j in samples:
-        loss, grads, inner = step(memory, iteration, sample=j)
+        res = step(memory, iteration, sample=j, **({} if members is None else {"member": members[j]}))
+        loss, grads, inner = res
         acc = [g.clone() for g in grads] if acc is None else [a + g for a, g in zip(acc, grads)]
         stats[0] += loss * stats_scale
         if inner:
             stats[1] += inner[-1] * stats_scale
             stats[2] += stats_scale
+        if res.final is not None:
+            finals[j] = res.final[0]
     if acc is None:  # more ranks than unrolls: this rank contributes nothing
         acc = [torch.zeros_like(p) for p in memory.parameters()]
     acc = sum_over_ranks(dist, acc)
     dist.all_reduce_sum(stats)
     grads = tuple(a / M for a in acc)
     inner_last = [float(stats[1] / stats[2])] if stats[2] > 0 else []
-    return StepResult(float(stats[0] / M), grads, inner_last)
+    final = None if members is None else _gather_finals(dist, finals, members, split)
+    return StepResult(float(stats[0] / M), grads, inner_last, final)
+
+
+def _gather_finals(dist: DistContext, finals: dict[int, tuple], members: Sequence[Member],
+                   split: bool) -> list[tuple]:
+    """Every unroll's end state on every rank: a rank that did not compute unroll ``j``
+    contributes zeros to a sum over ranks (exact: ``x + 0 == x``). With ``split`` every
+    rank computed every unroll, identically."""
+    if split or not dist.distributed:
+        return [finals[j] for j in range(len(members))]
+    out = []
+    for j, member in enumerate(members):
+        shapes = (member.params, member.state)
+        mine = finals.get(j, (tuple(torch.zeros_like(t) for t in shapes[0]),
+                              tuple(torch.zeros_like(t) for t in shapes[1])))
+        flat = sum_over_ranks(dist, [*mine[0], *mine[1]])
+        out.append((tuple(flat[: len(shapes[0])]), tuple(flat[len(shapes[0]):])))
+    return out
 
 
 def class_share(dist: DistContext, plans, xr, yr, num_classes: int):

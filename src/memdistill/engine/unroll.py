@@ -88,6 +88,8 @@ class MetaGradient:
         inner_losses: the training loss of each inner step (with a split: summed).
         steps: ``T``, the unroll length.
         backprop_steps: ``W``, the steps differentiated through.
+        final: ``(params, opt_state)`` of the inner network after the unroll (detached):
+            where a network that lives on between outer steps (a model pool) continues.
     """
 
     loss: torch.Tensor
@@ -95,6 +97,7 @@ class MetaGradient:
     inner_losses: list[float]
     steps: int
     backprop_steps: int
+    final: tuple[Tensors, Tensors] | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ def meta_gradient(
     mode: str = "checkpointed",
     window: int | None = None,
     split: ClassSplit | None = None,
+    init_state: Sequence[torch.Tensor] | None = None,
 ) -> MetaGradient:
     """Gradient of the outer loss after ``len(plans)`` inner steps w.r.t. ``memory``.
 
@@ -158,7 +162,8 @@ def meta_gradient(
         recall: ``recall(memory, plan) -> (x, target)``: the inner batch of one step,
             differentiable in ``memory`` (augmentation included, replayed from ``plan``).
         forward: ``forward(params, x) -> logits``, pure (e.g. ``functional_call``).
-        init_params: the freshly initialised network parameters.
+        init_params: the network parameters the unroll starts from (freshly
+            initialised, or a pool member's current ones).
         optimizer: an inner optimiser (``init``/``update``), see :mod:`.optim`.
         plans: one plan per inner step (the random choices of that step).
         outer_loss: ``outer_loss(params) -> scalar`` on real data.
@@ -166,16 +171,31 @@ def meta_gradient(
         window: back-propagate through the last ``window`` steps only (``None``: all).
         split: the unroll is split over processes by class (checkpointed mode only);
             see :class:`ClassSplit` and :class:`MetaGradient` for what is returned.
+        init_state: the optimiser state the unroll starts from (``None``:
+            ``optimizer.init(init_params)``, a fresh optimiser).
     """
     W, weights = _check_unroll(mode, len(plans), window, split)
     memory = tuple(memory)
+    start = _start(init_params, init_state, optimizer)
     if mode == "full":
-        return _full(memory, recall, forward, init_params, optimizer, plans, outer_loss, W)
+        return _full(memory, recall, forward, start, optimizer, plans, outer_loss, W)
     if split is None:
         rule: _StepRule = _WholeBatch(forward, optimizer)
     else:
         rule = _SplitBatch(forward, optimizer, split.reduce, weights)
-    return _checkpointed(memory, recall, init_params, plans, outer_loss, W, rule)
+    return _checkpointed(memory, recall, start, plans, outer_loss, W, rule)
+
+
+def _start(init_params, init_state, optimizer: InnerOptimizer) -> tuple[Tensors, Tensors]:
+    """The unroll's starting ``(params, opt_state)`` as fresh leaves."""
+    params = _leaves(init_params)
+    if init_state is None:
+        return params, _leaves(optimizer.init(params))
+    state = _leaves(init_state)
+    expected = len(optimizer.init(params))
+    if len(state) != expected:
+        raise ConfigError(f"init_state has {len(state)} tensors; this inner optimiser's state has {expected}")
+    return params, state
 
 
 def _check_unroll(mode: str, T: int, window: int | None, split: ClassSplit | None) -> tuple[int, list[float]]:
@@ -198,11 +218,10 @@ def _check_unroll(mode: str, T: int, window: int | None, split: ClassSplit | Non
     return W, weights
 
 
-def _full(memory, recall, forward, init_params, optimizer, plans, outer_loss, W) -> MetaGradient:
+def _full(memory, recall, forward, start, optimizer, plans, outer_loss, W) -> MetaGradient:
     """Plain autograd through the last ``W`` steps (the reference)."""
     T = len(plans)
-    params = _leaves(init_params)
-    state = _leaves(optimizer.init(params))
+    params, state = start
     inner_losses: list[float] = []
     frozen = tuple(m.detach() for m in memory)
     for t in range(T - W):  # steps before the window: plain training, no graph to the memory
@@ -217,7 +236,8 @@ def _full(memory, recall, forward, init_params, optimizer, plans, outer_loss, W)
         inner_losses.append(float(loss))
     out = outer_loss(params)
     grads = torch.autograd.grad(out, mem, allow_unused=True)
-    return MetaGradient(out.detach(), tuple(_zero(g, m) for g, m in zip(grads, mem)), inner_losses, T, W)
+    final = (tuple(p.detach() for p in params), tuple(s.detach() for s in state))
+    return MetaGradient(out.detach(), tuple(_zero(g, m) for g, m in zip(grads, mem)), inner_losses, T, W, final)
 
 
 class _StepRule(Protocol):
@@ -240,7 +260,7 @@ class _StepRule(Protocol):
         ...
 
 
-def _checkpointed(memory: Tensors, recall: Recall, init_params, plans, outer_loss, W: int,
+def _checkpointed(memory: Tensors, recall: Recall, start: tuple[Tensors, Tensors], plans, outer_loss, W: int,
                   rule: _StepRule) -> MetaGradient:
     """Forward through the unroll keeping ``(params, opt_state)`` of the last ``W`` steps
     only, packed into one flat buffer per step (one allocation instead of dozens);
@@ -248,8 +268,7 @@ def _checkpointed(memory: Tensors, recall: Recall, init_params, plans, outer_los
     product, carrying the adjoints of the parameters *and* the optimiser state."""
     T = len(plans)
     frozen = tuple(m.detach() for m in memory)
-    params = _leaves(init_params)
-    state = _leaves(rule.optimizer.init(params))
+    params, state = start
     layout = [(t.shape, t.dtype) for t in params + state]
     n_p = len(params)
     saved: list[torch.Tensor] = []
@@ -264,6 +283,7 @@ def _checkpointed(memory: Tensors, recall: Recall, init_params, plans, outer_los
         inner_losses.append(float(loss))
 
     final = _leaves(params)
+    ends = (tuple(p.detach() for p in params), tuple(s.detach() for s in state))
     adj_params, out = rule.outer(outer_loss(final), final)
     adj_state: Tensors = tuple(torch.zeros_like(s) for s in state)
     mem = _leaves(memory)
@@ -277,7 +297,7 @@ def _checkpointed(memory: Tensors, recall: Recall, init_params, plans, outer_los
         for i, gi in enumerate(g_mem):
             if gi is not None:
                 acc[i] += gi
-    return MetaGradient(out, tuple(acc), inner_losses, T, W)
+    return MetaGradient(out, tuple(acc), inner_losses, T, W, ends)
 
 
 class _WholeBatch:
