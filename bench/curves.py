@@ -1,0 +1,172 @@
+"""Time-to-quality curves: validation accuracy against distillation wall seconds.
+
+One run per dataset and budget compares ways of distilling the same starting point:
+
+- ``fresh``: today's fresh-network unrolls of ``inner.steps`` steps (the preset as is);
+- ``pool``: a model pool (``outer.pool_*``, see :mod:`memdistill.distill.pool`);
+- ``labels``: learned labels (``memory.learned_labels``);
+- ``pool+labels``: both.
+
+The methods run interleaved, one time slice each in turn (each slice resumes the
+method's checkpoint, bit-identically), so a busy machine slows them alike. Time is the
+sum of the outer steps' own seconds (evaluations excluded). After every slice each
+memory is evaluated on the validation split (carved from the training set: the test
+split is never read), with the run's evaluator; the starting point, the same for all
+methods, is evaluated once and drawn as its own line.
+
+    python bench/curves.py --dataset mnist --budget-ipc 1 --seconds 600 --slices 5
+
+writes ``docs/bench/curves_<dataset>_b<budget>.json``, a PNG plot in ``docs/img/`` and
+the table in ``docs/RESULTS.md`` (``--render`` rebuilds plots and tables from the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import DOCS, machine, replace_block, today  # noqa: E402
+
+from memdistill._io import atomic_write_text  # noqa: E402
+from memdistill.config import resolve  # noqa: E402
+from memdistill.data import load_dataset  # noqa: E402
+from memdistill.distill import Distiller  # noqa: E402
+
+OUT = DOCS / "bench"
+IMG = DOCS / "img"
+POOL = {"outer.pool_size": 4, "outer.pool_unroll": 10, "outer.pool_max_steps": 100}
+LABELS = {"memory.learned_labels": True}
+METHODS: dict[str, dict[str, Any]] = {"fresh": {}, "pool": POOL, "labels": LABELS, "pool+labels": {**POOL, **LABELS}}
+
+
+def method_config(args, sets: dict[str, Any]):
+    """The run's configuration: the preset at this dataset and budget, with the
+    method's settings, evaluating only when asked (never by the loop itself)."""
+    flags = {"outer.iterations": 10**7, "evaluation.every": 0, "evaluation.at_start": False,
+             "evaluation.runs": args.eval_runs, "checkpoint_every": 1, "seed": args.seed}
+    extra = [tuple(s.split("=", 1)) for s in args.set or []]
+    return resolve(args.preset, args.dataset, args.budget_ipc, flags={**flags, **sets}, sets=extra,
+                   flags_source="bench/curves.py")
+
+
+def _slice(d: Distiller, ckpt: Path, seconds: float):
+    """Run ``d`` from its checkpoint for about ``seconds``: (outer-step seconds, iterations
+    done, the memory)."""
+    res = d.run(checkpoint=ckpt, resume=ckpt.exists(), time_limit=max(seconds, 1e-9))
+    return sum(r["seconds"] for r in res.history), res.iterations, res.memory
+
+
+def run_curves(args) -> dict[str, Any]:
+    train = load_dataset(args.dataset, "train", root=args.root)
+    methods = [m for m in (args.only.split(",") if args.only else METHODS)]
+    distillers = {m: Distiller(method_config(args, METHODS[m]), train) for m in methods}
+    first = distillers[methods[0]]
+    start = first.evaluate_memory(first.new_memory())
+    curves: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    spent = {m: 0.0 for m in methods}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(1, args.slices + 1):
+            target = args.seconds * k / args.slices
+            for m, d in distillers.items():
+                ckpt = Path(tmp) / f"{m.replace('+', '_')}.ckpt"
+                done, iterations, memory = _slice(d, ckpt, target - spent[m])
+                spent[m] += done
+                ev = d.evaluate_memory(memory)
+                curves[m].append({"seconds": spent[m], "iterations": iterations, "mean": ev["mean"],
+                                  "std": ev["std"]})
+                print(f"{m:12s} slice {k}: {spent[m]:7.1f} s, {iterations:4d} its, val {100 * ev['mean']:.2f}%",
+                      flush=True)
+    return {"dataset": args.dataset, "budget_ipc": args.budget_ipc, "preset": args.preset, "seed": args.seed,
+            "seconds": args.seconds, "slices": args.slices, "eval_runs": args.eval_runs, "split": start["split"],
+            "methods": {m: METHODS[m] for m in methods}, "extra_sets": args.set or [],
+            "start": {"mean": start["mean"], "std": start["std"]}, "curves": curves,
+            "machine": machine(), "date": today(), "torch_threads": torch.get_num_threads(),
+            "command": "python bench/curves.py " + " ".join(sys.argv[1:])}
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    start = 100 * result["start"]["mean"]
+    for m, points in result["curves"].items():
+        xs = [0.0] + [p["seconds"] for p in points]
+        ys = [start] + [100 * p["mean"] for p in points]
+        ax.plot(xs, ys, marker="o", label=m)
+    ax.axhline(start, color="grey", linestyle="--", label="starting point")
+    ax.set_xlabel("distillation wall seconds (outer steps only)")
+    ax.set_ylabel(f"{result['split']} accuracy (%)")
+    ax.set_title(f"{result['dataset']}, budget {result['budget_ipc']:g}, preset {result['preset']}")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def markdown(result: dict[str, Any], image: str) -> str:
+    start = 100 * result["start"]["mean"]
+    lines = [f"{result['dataset']}, budget {result['budget_ipc']:g}, preset `{result['preset']}`, seed "
+             f"{result['seed']}; {result['split']} split; starting point **{start:.2f}%**. "
+             f"Machine: {result['machine']}; {result['date']}. Command: `{result['command']}`.", "",
+             "| method | settings | seconds | outer steps | accuracy | vs starting point |", "|---|---|---|---|---|---|"]
+    for m, points in result["curves"].items():
+        settings = ", ".join(f"{k}={v}" for k, v in result["methods"][m].items()) or "preset"
+        for p in points:
+            lines.append(f"| {m} | {settings} | {p['seconds']:.0f} | {p['iterations']} | {100 * p['mean']:.2f} | "
+                         f"{100 * p['mean'] - start:+.2f} |")
+    lines += ["", f"![curves]({image})"]
+    return "\n".join(lines)
+
+
+def render(json_path: Path, doc: Path) -> None:
+    result = json.loads(json_path.read_text())
+    name = json_path.stem
+    png = IMG / f"{name}.png"
+    plot(result, png)
+    replace_block(doc, name, markdown(result, f"img/{png.name}"),
+                  f"Time to quality: {result['dataset']}, budget {result['budget_ipc']:g}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--budget-ipc", type=float, default=1.0)
+    p.add_argument("--preset", default="cpu-quick")
+    p.add_argument("--seconds", type=float, default=600.0, help="distillation seconds per method")
+    p.add_argument("--slices", type=int, default=5, help="evaluations per method (one per time slice)")
+    p.add_argument("--eval-runs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", help=f"comma-separated methods; default all of {', '.join(METHODS)}")
+    p.add_argument("--set", action="append", help="KEY=VALUE for every method (e.g. outer.lr=0.001)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--root", default=None)
+    p.add_argument("--doc", type=Path, default=DOCS / "RESULTS.md")
+    p.add_argument("--render", type=Path, help="only re-plot and re-table this JSON")
+    args = p.parse_args(argv)
+    if args.render:
+        render(args.render, args.doc)
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run_curves(args)
+    out = OUT / f"curves_{args.dataset}_b{args.budget_ipc:g}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=1))
+    render(out, args.doc)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
