@@ -114,6 +114,29 @@ def test_label_logits_move_at_their_own_learning_rate(optimizer):
     assert [g["base_lr"] for g in opt.param_groups] == [0.1, 0.03]
 
 
+@pytest.mark.parametrize("optimizer,power", [("adam", 1), ("sgd", 2)])
+def test_a_temperature_is_a_rescaled_label_learning_rate(optimizer, power):
+    """Logits ``l`` at temperature ``T`` and rate ``lr`` recall what logits ``l / T`` at
+    temperature 1 and rate ``lr / T`` (Adam: its step ignores the gradient's scale) or
+    ``lr / T**2`` (SGD) recall, step after step: the temperature adds no freedom beyond
+    ``outer.label_lr`` (why the default is 1, see docs/CONFIG.md)."""
+    T, lr = 4.0, 0.2
+    hot, plain = _memory("images", temperature=T), _memory("images", temperature=1.0)
+    plain.tensors["label_logits"] = (hot.tensors["label_logits"].detach() / T).requires_grad_()
+    w = torch.randn(L * hot.slots, L, generator=torch.Generator().manual_seed(4))
+    opts = [outer_optimizer(OuterConfig(optimizer=optimizer, lr=0.0, label_lr=rate, momentum=0.5), m, 0.0)
+            for m, rate in ((hot, lr), (plain, lr / T ** power))]
+    for _ in range(5):
+        for mem, opt in zip((hot, plain), opts):
+            _, y = mem.recall_from(mem.tensors, torch.arange(L).repeat_interleave(mem.slots),
+                                   torch.arange(mem.slots).repeat(L))
+            (w * y).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    torch.testing.assert_close(hot.recall()[1], plain.recall()[1], atol=1e-5, rtol=0)
+    assert float((hot.recall()[1] - _memory("images").recall()[1]).abs().max()) > 0.01  # they did move
+
+
 # ------------------------------------------------------------------------------- budget
 def test_the_budget_counts_the_label_logits():
     # MNIST budget 1, 16 bases at 14 x 14: 7840 floats; 3136 for the bases; a slot is
