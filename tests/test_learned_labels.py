@@ -114,13 +114,13 @@ def test_label_logits_move_at_their_own_learning_rate(optimizer):
     assert [g["base_lr"] for g in opt.param_groups] == [0.1, 0.03]
 
 
-@pytest.mark.parametrize("optimizer,power", [("adam", 1), ("sgd", 2)])
-def test_a_temperature_is_a_rescaled_label_learning_rate(optimizer, power):
+@pytest.mark.parametrize("optimizer,power,lr", [("adam", 1, 0.2), ("sgd", 2, 50.0)])
+def test_a_temperature_is_a_rescaled_label_learning_rate(optimizer, power, lr):
     """Logits ``l`` at temperature ``T`` and rate ``lr`` recall what logits ``l / T`` at
     temperature 1 and rate ``lr / T`` (Adam: its step ignores the gradient's scale) or
     ``lr / T**2`` (SGD) recall, step after step: the temperature adds no freedom beyond
     ``outer.label_lr`` (why the default is 1, see docs/CONFIG.md)."""
-    T, lr = 4.0, 0.2
+    T = 4.0
     hot, plain = _memory("images", temperature=T), _memory("images", temperature=1.0)
     plain.tensors["label_logits"] = (hot.tensors["label_logits"].detach() / T).requires_grad_()
     w = torch.randn(L * hot.slots, L, generator=torch.Generator().manual_seed(4))
