@@ -181,7 +181,8 @@ _MAIN_STATISTICS = {
     }),
     # recomputed when learned labels became logits recalled through a softmax (branch
     # `labels`): the labels' parameterisation and start changed, so this run's memory did
-    "onehot-learned-labels-class-subsets": ({"memory.learned_labels": True, "inner.classes_per_step": 3, "outer.meta_batch": 2}, {
+    "onehot-learned-labels-class-subsets": ({"memory.learned_labels": True, "outer.label_lr": 0.01,
+                                             "inner.classes_per_step": 3, "outer.meta_batch": 2}, {
         "addressing": [-298.07412790701346, 680.7855271549706, 328.1319592593676, -14.514724589558977],
         "bases": [16.235857388499426, 132.7726824323472, 196.0000265798975, 14.392239927286832],
         "label_logits": [-22432.055169582367, 22432.055169582367, 103073.72065146593, 354.1150291762449],

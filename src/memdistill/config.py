@@ -70,7 +70,7 @@ class OuterConfig:
     iterations: int = 500_000
     optimizer: str = "sgd"
     lr: float = 0.1
-    label_lr: float = 0.01  # outer learning rate of the label logits (memory.learned_labels)
+    label_lr: float = 0.1  # outer learning rate of the label logits (memory.learned_labels; docs/RESULTS.md)
     momentum: float = 0.5
     clip: float = 2.0
     schedule: str = "none"  # none | cosine
