@@ -2,8 +2,9 @@
 
 One run per dataset and budget compares ways of distilling the same starting point:
 
-- ``fresh``: today's fresh-network unrolls of ``inner.steps`` steps (the preset as is);
-- ``pool``: a model pool (``outer.pool_*``, see :mod:`memdistill.distill.pool`);
+- ``fresh``: fresh-network unrolls of ``inner.steps`` steps, as the preset had them
+  before the model pool (:data:`FRESH`);
+- ``pool``: a model pool (``outer.pool_*``, see :mod:`memdistill.distill.pool`; :data:`POOL`);
 - ``labels``: learned labels (``memory.learned_labels``);
 - ``pool+labels``: both.
 
@@ -41,9 +42,23 @@ from memdistill.distill import Distiller  # noqa: E402
 
 OUT = DOCS / "bench"
 IMG = DOCS / "img"
-POOL = {"outer.pool_size": 4, "outer.pool_unroll": 10, "outer.pool_max_steps": 100}
 LABELS = {"memory.learned_labels": True}
-METHODS: dict[str, dict[str, Any]] = {"fresh": {}, "pool": POOL, "labels": LABELS, "pool+labels": {**POOL, **LABELS}}
+# fresh-network unrolls as the presets had them before the pool (``inner.steps``, outer lr;
+# at budget >= 10 the old budget settings): the preset's pool switched off
+FRESH = {("cpu-quick", 1): {"outer.pool_size": 0, "inner.steps": 10, "outer.lr": 0.01},
+         ("cpu-quick", 10): {"outer.pool_size": 0, "inner.steps": 40, "outer.lr": 0.001},
+         ("cpu", 1): {"outer.pool_size": 0, "inner.steps": 80, "outer.lr": 0.01},
+         ("cpu", 10): {"outer.pool_size": 0, "inner.steps": 40, "outer.lr": 0.001}}
+POOL = {"outer.pool_size": 4, "outer.pool_unroll": 20, "outer.pool_max_steps": 200}
+METHOD_NAMES = ("fresh", "pool", "labels", "pool+labels")
+
+
+def methods_of(preset: str, budget: float) -> dict[str, dict[str, Any]]:
+    """Each method's settings over the preset: ``fresh`` as the preset was before the
+    pool, ``pool`` the preset's pool (set here, so that the curves do not depend on what
+    the preset's default is), learned labels on either."""
+    fresh = FRESH[(preset, 10 if budget >= 10 else 1)]
+    return {"fresh": fresh, "pool": POOL, "labels": {**fresh, **LABELS}, "pool+labels": {**POOL, **LABELS}}
 
 
 def method_config(args, sets: dict[str, Any]):
@@ -65,8 +80,9 @@ def _slice(d: Distiller, ckpt: Path, seconds: float):
 
 def run_curves(args) -> dict[str, Any]:
     train = load_dataset(args.dataset, "train", root=args.root)
-    methods = [m for m in (args.only.split(",") if args.only else METHODS)]
-    distillers = {m: Distiller(method_config(args, METHODS[m]), train) for m in methods}
+    settings = methods_of(args.preset, args.budget_ipc)
+    methods = [m for m in (args.only.split(",") if args.only else METHOD_NAMES)]
+    distillers = {m: Distiller(method_config(args, settings[m]), train) for m in methods}
     first = distillers[methods[0]]
     start = first.evaluate_memory(first.new_memory())
     curves: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -85,7 +101,7 @@ def run_curves(args) -> dict[str, Any]:
                       flush=True)
     return {"dataset": args.dataset, "budget_ipc": args.budget_ipc, "preset": args.preset, "seed": args.seed,
             "seconds": args.seconds, "slices": args.slices, "eval_runs": args.eval_runs, "split": start["split"],
-            "methods": {m: METHODS[m] for m in methods}, "extra_sets": args.set or [],
+            "methods": {m: settings[m] for m in methods}, "extra_sets": args.set or [],
             "start": {"mean": start["mean"], "std": start["std"]}, "curves": curves,
             "machine": machine(), "date": today(), "torch_threads": torch.get_num_threads(),
             "command": "python bench/curves.py " + " ".join(sys.argv[1:])}
@@ -147,7 +163,7 @@ def main(argv=None) -> int:
     p.add_argument("--slices", type=int, default=5, help="evaluations per method (one per time slice)")
     p.add_argument("--eval-runs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", help=f"comma-separated methods; default all of {', '.join(METHODS)}")
+    p.add_argument("--only", help=f"comma-separated methods; default all of {', '.join(METHOD_NAMES)}")
     p.add_argument("--set", action="append", help="KEY=VALUE for every method (e.g. outer.lr=0.001)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--root", default=None)

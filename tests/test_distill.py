@@ -179,10 +179,13 @@ _MAIN_STATISTICS = {
         "addressing": [-1127.846798427665, 2395.586975067068, 1158.8638203782107, -52.31297725334906],
         "bases": [16.600606994878035, 134.78710038011195, 196.00001136125687, 8.69824235275995],
     }),
-    "onehot-learned-labels-class-subsets": ({"memory.learned_labels": True, "inner.classes_per_step": 3, "outer.meta_batch": 2}, {
-        "addressing": [-298.0749393311198, 680.7844063864832, 328.1319857974861, -14.513571178377369],
-        "bases": [16.235132488392992, 132.77261843901942, 196.00003859968825, 14.393260189417973],
-        "labels": [539.8901877087596, 541.0773832305113, 540.3465006845021, -4.104051244754067],
+    # recomputed when learned labels became logits recalled through a softmax (branch
+    # `labels`): the labels' parameterisation and start changed, so this run's memory did
+    "onehot-learned-labels-class-subsets": ({"memory.learned_labels": True, "outer.label_lr": 0.01,
+                                             "inner.classes_per_step": 3, "outer.meta_batch": 2}, {
+        "addressing": [-298.07412790701346, 680.7855271549706, 328.1319592593676, -14.514724589558977],
+        "bases": [16.235857388499426, 132.7726824323472, 196.0000265798975, 14.392239927286832],
+        "label_logits": [-22432.055169582367, 22432.055169582367, 103073.72065146593, 354.1150291762449],
     }),
     "parity": ({"memory.label_space": "parity"}, {
         "addressing": [-333.78923153034225, 1424.248123353934, 435.04075347901517, 10.988453819658655],

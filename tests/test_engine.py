@@ -146,7 +146,7 @@ def test_checkpointed_equals_full_with_augmentation_labels_and_window(kind):
         ckpt = meta_gradient(mem.parameters(), recall, forward, init, optimizer, plans, outer, "checkpointed", window)
         assert _rel_err(ckpt.grads, full.grads) < 1e-8
         assert ckpt.backprop_steps == (6 if window is None else 2)
-    assert "labels" in mem.names and float(full.grads[mem.names.index("labels")].abs().sum()) > 0
+    assert "label_logits" in mem.names and float(full.grads[mem.names.index("label_logits")].abs().sum()) > 0
 
 
 def test_window_changes_the_gradient_but_not_the_loss():

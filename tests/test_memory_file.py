@@ -100,10 +100,11 @@ def test_report_without_train_size_has_no_ratio(tmp_path):
 @pytest.mark.parametrize("kind", list_memories())
 def test_learned_labels_round_trip(tmp_path, kind):
     m = _memory(kind, learned_labels=True)
-    m.tensors["labels"] = m.tensors["labels"] + 0.01 * torch.randn(m.tensors["labels"].shape,
-                                                                   generator=torch.Generator().manual_seed(1))
+    logits = m.tensors["label_logits"]
+    m.tensors["label_logits"] = logits + 0.01 * torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
     f = load_memory(_save(tmp_path / "m.safetensors", m))
-    assert f.meta["options"]["learned_labels"] is True and torch.equal(f.memory.tensors["labels"], m.tensors["labels"])
+    assert f.meta["options"]["learned_labels"] is True
+    assert torch.equal(f.memory.tensors["label_logits"], m.tensors["label_logits"])
     _, y = f.recall()
     assert y.shape == (4 * m.slots, 4) and torch.equal(y, m.recall()[1])
     assert f.as_dataset().soft

@@ -8,6 +8,7 @@ and are type-checked; the resolved configuration is written next to the run's ou
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,8 @@ class MemoryConfig:
     budget_ipc: float = 1.0
     num_bases: int = 16
     downsample: int = 2
-    learned_labels: bool = False
+    learned_labels: bool = False  # label logits per recalled example, recalled as softmax(logits / T)
+    label_temperature: float = 1.0  # T > 0 (see docs/CONFIG.md: with Adam, T only rescales outer.label_lr)
     label_space: str = "onehot"  # onehot | smooth | parity | coarse (see labels.py)
     init: str = "real"
     coeff_penalty: str = "l2"  # none | l1 | l2, on the addressing coefficients
@@ -68,6 +70,7 @@ class OuterConfig:
     iterations: int = 500_000
     optimizer: str = "sgd"
     lr: float = 0.1
+    label_lr: float = 0.1  # outer learning rate of the label logits (memory.learned_labels; docs/RESULTS.md)
     momentum: float = 0.5
     clip: float = 2.0
     schedule: str = "none"  # none | cosine
@@ -159,6 +162,11 @@ class DistillConfig:
         AUGMENTATIONS.get(self.evaluation.augment)
         checks = [
             (self.memory.budget_ipc > 0, "memory.budget_ipc must be > 0"),
+            (math.isfinite(self.memory.label_temperature) and self.memory.label_temperature > 0,
+             f"memory.label_temperature must be > 0 (valid range (0, inf)), got {self.memory.label_temperature}"),
+            (math.isfinite(self.outer.label_lr) and self.outer.label_lr >= 0,
+             f"outer.label_lr must be >= 0 (valid range [0, inf); 0 keeps the labels at their start), "
+             f"got {self.outer.label_lr}"),
             (self.memory.init in ("real", "random"), "memory.init must be real or random"),
             (self.memory.coeff_penalty in ("none", "l1", "l2"), "memory.coeff_penalty must be none, l1 or l2"),
             (self.inner.steps >= 1, "inner.steps must be >= 1"),

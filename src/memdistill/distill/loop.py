@@ -64,11 +64,19 @@ class DistillResult:
                 and self.last_eval["mean"] < self.start_eval["mean"])
 
 
-def outer_optimizer(oc: OuterConfig, params, lr: float) -> torch.optim.Optimizer:
-    """The optimiser of the memory (``outer.optimizer``)."""
+def outer_optimizer(oc: OuterConfig, memory: Memory, lr: float) -> torch.optim.Optimizer:
+    """The optimiser of ``memory``'s tensors (``outer.optimizer``): its content at ``lr``
+    and, with learned labels, the label logits in a group of their own at
+    ``outer.label_lr``. Each group keeps its own rate in ``base_lr``: the schedule scales
+    it, a rollback halves it."""
+    groups = [{"params": [memory.tensors[n] for n in memory.names if n != "label_logits"], "base_lr": lr}]
+    if memory.learned_labels:
+        groups.append({"params": [memory.tensors["label_logits"]], "base_lr": oc.label_lr})
+    for group in groups:
+        group["lr"] = group["base_lr"]
     if oc.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    return torch.optim.SGD(params, lr=lr, momentum=oc.momentum)
+        return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=oc.momentum)
 
 
 @dataclass
@@ -77,9 +85,10 @@ class RunState:
 
     Attributes:
         memory: the memory being distilled (its tensors require grad).
-        optimizer: the outer optimiser of ``memory``'s tensors.
+        optimizer: the outer optimiser of ``memory``'s tensors (:func:`outer_optimizer`).
         iteration: outer iterations done.
-        lr: the outer learning rate (halved by each rollback).
+        lr: the outer learning rate of the memory's content (halved by each rollback,
+            as is the label logits' own rate).
         skipped: updates skipped for a non-finite meta-gradient.
         rollbacks: returns to the last snapshot after too many of those in a row.
         last_eval: the latest evaluation on the validation split.
@@ -116,7 +125,7 @@ class RunState:
         ``skipped`` and ``rollbacks`` as they are."""
         for k, v in snap["memory"].items():
             self.memory.tensors[k] = v.clone().requires_grad_()
-        self.optimizer = new_optimizer(self.memory.parameters(), snap["lr"])
+        self.optimizer = new_optimizer(self.memory, snap["lr"])
         self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
         self.iteration, self.lr, self.last_eval = snap["iteration"], snap["lr"], json.loads(snap["last_eval"])
         self.start_eval = json.loads(snap.get("start_eval", "null"))  # absent from older checkpoints
@@ -187,6 +196,8 @@ class Distiller:
             return self._copy_initial_memory()
         g = torch.Generator().manual_seed(int(self.config.seed))
         opts: dict[str, Any] = {"learned_labels": mc.learned_labels}
+        if mc.learned_labels:
+            opts["label_temperature"] = mc.label_temperature
         if mc.kind == "bases":
             opts.update(num_bases=mc.num_bases, downsample=mc.downsample)
         mem = self.label_space.new_memory(mc.kind, self.train, mc.budget_ipc, mc.init, g, **opts)
@@ -206,8 +217,8 @@ class Distiller:
         mem.tensors = {k: v.detach().clone().to(self.device).requires_grad_() for k, v in init.tensors.items()}
         return mem
 
-    def _outer_optimizer(self, params, lr: float) -> torch.optim.Optimizer:
-        return outer_optimizer(self.config.outer, params, lr)
+    def _outer_optimizer(self, memory: Memory, lr: float) -> torch.optim.Optimizer:
+        return outer_optimizer(self.config.outer, memory, lr)
 
     def meta_step(self, memory: Memory, iteration: int, sample: int = 0, member: Member | None = None) -> StepResult:
         """Outer loss and meta-gradient of ``memory`` at ``iteration`` (pure in the memory
@@ -314,7 +325,7 @@ class Distiller:
         exists (rank 0 reads it and hands its bytes to every rank: no shared disk needed)."""
         memory = self.new_memory()
         lr = self.config.outer.lr
-        state = RunState(memory, self._outer_optimizer(memory.parameters(), lr), lr=lr, pool=self.new_pool())
+        state = RunState(memory, self._outer_optimizer(memory, lr), lr=lr, pool=self.new_pool())
         if checkpoint is None:
             return state
         main = self.dist.is_main
@@ -387,15 +398,16 @@ class Distiller:
             record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, oc.clip))
         if oc.schedule == "cosine":
             for group in state.optimizer.param_groups:
-                group["lr"] = state.lr * 0.5 * (1 + math.cos(math.pi * state.iteration / max(oc.iterations, 1)))
+                factor = 0.5 * (1 + math.cos(math.pi * state.iteration / max(oc.iterations, 1)))
+                group["lr"] = group.get("base_lr", state.lr) * factor
         state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
 
     def _roll_back(self, state: RunState, snapshot: dict[str, Any]) -> None:
         state.restore(snapshot, self._outer_optimizer, counters=False)
+        for group in state.optimizer.param_groups:  # every group's own rate halves
+            group["base_lr"] = group["lr"] = group.get("base_lr", state.lr) / 2
         state.lr = state.lr / 2
-        for group in state.optimizer.param_groups:
-            group["lr"] = state.lr
         state.rollbacks += 1
         state.failures_in_a_row = 0
         if self.dist.is_main:

@@ -150,6 +150,8 @@ class TrainingSet:
                 )
             if not torch.isfinite(images).all() or (labels.is_floating_point() and not torch.isfinite(labels).all()):
                 raise ConfigError("training images or labels contain NaN or Inf")
+            if labels.ndim == 2:
+                _check_distributions(labels)
             self._dataset = None
             self.images = images.detach().to(self.device)
             self.labels = labels.detach().to(self.device)
@@ -170,6 +172,21 @@ class TrainingSet:
     def image_shape(self) -> tuple[int, int, int]:
         src = self._dataset.images if self._dataset is not None else self.images
         return tuple(int(s) for s in src.shape[1:])  # type: ignore[return-value]
+
+
+def _check_distributions(labels: torch.Tensor, tol: float = 1e-4) -> None:
+    """Soft ``(N, L)`` labels must be distributions (entries >= 0, rows summing to 1):
+    the soft cross-entropy ``-sum_l y_l log p_l`` is then >= 0, bounded below."""
+    if not labels.is_floating_point():
+        raise ConfigError(f"soft labels (N, L) must be floating point, got {labels.dtype}")
+    low, sums = float(labels.min()) if labels.numel() else 0.0, labels.double().sum(1)
+    off = float((sums - 1).abs().max()) if sums.numel() else 0.0
+    if low < -tol or off > tol:
+        raise ConfigError(
+            f"soft labels (N, L) must be distributions over the classes (entries >= 0, each row summing to 1); "
+            f"got a smallest entry of {low:.4g} and row sums up to {off:.3g} away from 1. Recall them from a "
+            f"memory (its learned labels are softmax distributions) or pass (N,) class indices"
+        )
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

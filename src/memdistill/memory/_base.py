@@ -11,9 +11,40 @@ import torch
 from .._registry import Registry
 from ..errors import ConfigError
 
-__all__ = ["MEMORIES", "MemoryReport", "Memory", "solve_slots", "stored_float_budget"]
+__all__ = ["MEMORIES", "MemoryReport", "Memory", "solve_slots", "stored_float_budget", "initial_label_logits",
+           "check_label_temperature", "LABEL_INIT_SMOOTHING"]
 
 MEMORIES: Registry[type] = Registry("memory type")
+
+# Learned labels start as the label-smoothed one-hot target ``(1 - eps) e_c + eps / L``
+# (0.91 on the class, 0.01 elsewhere at L = 10): close to the fixed one-hot labels of a
+# memory without learned labels, yet with a softmax gradient that is not vanishing (an
+# exact one-hot needs infinite logits and cannot move), and the same smoothing as the
+# ``smooth`` label space.
+LABEL_INIT_SMOOTHING = 0.1
+
+
+def check_label_temperature(temperature: float) -> float:
+    """``temperature`` as a float, or :class:`ConfigError` unless it is finite and > 0."""
+    t = float(temperature)
+    if not (math.isfinite(t) and t > 0):
+        raise ConfigError(f"memory.label_temperature must be a finite number > 0 (valid range (0, inf)), "
+                          f"got {temperature!r}; 1 recalls softmax(logits), the default")
+    return t
+
+
+def initial_label_logits(num_classes: int, slots: int, slot_first: bool, temperature: float = 1.0) -> torch.Tensor:
+    """Label logits whose recall ``softmax(logits / temperature)`` is the smoothed one-hot
+    target of each slot's class (:data:`LABEL_INIT_SMOOTHING`).
+
+    Returns:
+        ``(r, L, L)`` when ``slot_first`` (``bases`` layout), else ``(L, r, L)``
+        (``images`` layout); entry ``[..., c, :]`` / ``[c, ..., :]`` belongs to class ``c``.
+    """
+    eps = LABEL_INIT_SMOOTHING
+    target = (1 - eps) * torch.eye(num_classes, dtype=torch.float64) + eps / num_classes
+    logits = (check_label_temperature(temperature) * target.log()).float()
+    return logits.unsqueeze(0).repeat(slots, 1, 1) if slot_first else logits.unsqueeze(1).repeat(1, slots, 1)
 
 
 def stored_float_budget(ipc: float, image_shape: tuple[int, int, int], num_classes: int) -> int:
@@ -32,8 +63,8 @@ def solve_slots(
 ) -> int:
     """Largest ``r`` with ``K*C*h*w + r*(K*L [+ L*L]) <= IPC*C*H*W*L`` (METHOD.md).
 
-    ``h, w = H // ds, W // ds``; with learned labels each slot also stores one label
-    vector per class (``L*L`` floats). Raises :class:`ConfigError` when not even one
+    ``h, w = H // ds, W // ds``; with learned labels each slot also stores one vector of
+    ``L`` label logits per class (``L*L`` floats). Raises :class:`ConfigError` when not even one
     slot fits, stating the smallest budget that does.
     """
     c, h, w = image_shape
@@ -81,20 +112,28 @@ class Memory:
     Subclasses set ``kind`` and implement :meth:`recall_from` (pure in ``tensors``),
     :meth:`query_from` and :meth:`options`.
 
+    Learned labels are stored as logits (the tensor ``label_logits``, one vector of
+    ``L`` per recalled example); an example's target is the distribution
+    ``softmax(logits / label_temperature)`` (:meth:`label_targets`), so it stays a
+    valid distribution whatever the outer optimiser does to the logits.
+
     Attributes:
         tensors: the learned tensors, by name.
         image_shape: ``(C, H, W)`` of recalled images (normalised space).
         num_classes: ``L``, the size of the label space.
         slots: ``r``, examples recalled per class.
+        label_temperature: ``> 0``, divides the label logits before the softmax.
     """
 
     kind: str = ""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], image_shape, num_classes: int, slots: int):
+    def __init__(self, tensors: dict[str, torch.Tensor], image_shape, num_classes: int, slots: int,
+                 label_temperature: float = 1.0):
         self.tensors = dict(tensors)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_classes = int(num_classes)
         self.slots = int(slots)
+        self.label_temperature = check_label_temperature(label_temperature)
 
     # ---- to be provided by each type
     def options(self) -> dict[str, Any]:  # pragma: no cover - abstract
@@ -104,7 +143,8 @@ class Memory:
         self, tensors: dict[str, torch.Tensor], classes: torch.Tensor, slots: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         """Examples of ``(class, slot)`` pairs: ``(N, C, H, W)`` images and targets
-        (``(N,)`` class indices, or ``(N, L)`` learned soft labels)."""
+        (``(N,)`` class indices, or with learned labels ``(N, L)`` distributions,
+        :meth:`label_targets`)."""
         raise NotImplementedError
 
     def query_from(self, tensors: dict[str, torch.Tensor], q: torch.Tensor) -> torch.Tensor:  # pragma: no cover
@@ -137,7 +177,18 @@ class Memory:
 
     @property
     def learned_labels(self) -> bool:
-        return "labels" in self.tensors
+        return "label_logits" in self.tensors
+
+    def label_targets(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(..., L)`` label logits -> ``(..., L)`` distributions
+        ``softmax(logits / label_temperature)`` (differentiable; non-negative, rows sum to 1)."""
+        return torch.softmax(logits / self.label_temperature, dim=-1)
+
+    def label_options(self) -> dict[str, Any]:
+        """``learned_labels`` and, with learned labels, ``label_temperature`` (for :meth:`options`)."""
+        if not self.learned_labels:
+            return {"learned_labels": False}
+        return {"learned_labels": True, "label_temperature": self.label_temperature}
 
     def floats_stored(self) -> int:
         return int(sum(t.numel() for t in self.tensors.values()))
@@ -159,7 +210,8 @@ class Memory:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Recall examples (detached).
 
-        ``recall()``: every slot of every class, ``(L*r, C, H, W)`` and targets.
+        ``recall()``: every slot of every class, ``(L*r, C, H, W)`` and targets:
+        ``(L*r,)`` class indices, or with learned labels ``(L*r, L)`` distributions.
         ``recall(classes=[3, 5])``: those classes only.
         ``recall(query=q)``: ``q`` of shape ``(L,)`` or ``(Q, L)``; returns
         ``(Q*r, C, H, W)`` images and the query repeated per slot as ``(Q*r, L)`` targets.

@@ -1,9 +1,11 @@
 """The memory file: one ``.safetensors`` file holding a learned memory and what is
 needed to use it (normalisation, ZCA, class names, budget figures, provenance).
 
-Layout (format ``memdistill-memory``, version 1):
+Layout (format ``memdistill-memory``, version 2):
 
-- tensors ``memory.<name>``: the memory's tensors, float32;
+- tensors ``memory.<name>``: the memory's tensors, float32; learned labels are the
+  logits ``memory.label_logits``, recalled as ``softmax(logits / label_temperature)``
+  (``options.label_temperature``), so a recalled target is always a distribution;
 - tensors ``zca.<name>``: :meth:`ZCAWhitening.state_dict` when the data was whitened;
 - metadata key ``memdistill``: one JSON document (kind, options, shapes, tensor
   manifest, dataset, class names, mean/std, budget figures, config, metrics, date).
@@ -12,6 +14,13 @@ The container (format header, JSON and finiteness checks, atomic write, header-o
 reading: nothing in a file is ever executed or unpickled) is shared with derived
 training sets, see :mod:`memdistill._container`. Pictures of a memory are drawn by
 :mod:`memdistill.viz`.
+
+Versions: version 1 stored learned labels as raw values (``memory.labels``) used
+directly as soft targets; an outer optimiser moves them off the simplex (negative
+entries, sums above one) and the soft cross-entropy on them has no lower bound. Version
+2 stores logits instead. A version-1 file without learned labels means the same in both
+and loads; one with raw labels is refused (:data:`RAW_LABELS_REFUSED`), as no reading of
+its labels is both faithful and sound.
 """
 
 from __future__ import annotations
@@ -30,7 +39,13 @@ from ._base import MEMORIES, Memory
 __all__ = ["FORMAT", "FORMAT_VERSION", "MemoryFile", "load_memory", "save_memory"]
 
 FORMAT = "memdistill-memory"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: learned labels stored as logits (``label_logits``); 1: raw values (``labels``)
+RAW_LABELS_REFUSED = (
+    "holds learned labels in the version-1 form (raw values used directly as soft targets, tensor "
+    "'memory.labels'): they need not be distributions, and the soft cross-entropy on them has no lower "
+    "bound, so this memdistill does not read them. Distill the memory again (learned labels are now "
+    "stored as logits and recalled as distributions), or without --learned-labels"
+)
 MEMORY_FORMAT = FileFormat(FORMAT, FORMAT_VERSION, "memory file")
 _MEMORY_PREFIX = "memory."
 _ZCA_PREFIX = "zca."
@@ -154,7 +169,8 @@ def load_memory(path: str | Path) -> "MemoryFile":
     Raises:
         ConfigError: the file does not exist or is a directory.
         IntegrityError: not a safetensors file, not a memdistill memory file, written by
-            a newer memdistill, or tensors missing / of the wrong shape.
+            a newer memdistill, tensors missing / of the wrong shape, or learned labels
+            in the version-1 raw form (see the module docstring).
         UnknownNameError: the memory kind is not known to this memdistill (lists valid kinds).
     """
     stored = read_container(path, MEMORY_FORMAT)
@@ -165,6 +181,8 @@ def load_memory(path: str | Path) -> "MemoryFile":
     except UnknownNameError as err:
         raise UnknownNameError(f"{path} holds a memory of an unknown kind: {err}") from None
     image_shape, num_classes, slots = _check_meta(meta, path)
+    if "labels" in meta["tensors"]:
+        raise IntegrityError(f"{path} {RAW_LABELS_REFUSED}")
 
     everything = stored.tensors()
     tensors = {k[len(_MEMORY_PREFIX):]: v for k, v in everything.items() if k.startswith(_MEMORY_PREFIX)}
@@ -174,7 +192,7 @@ def load_memory(path: str | Path) -> "MemoryFile":
                 for name, shape in meta["tensors"].items()}
     check_tensors(path, tensors, expected, unexpected=stray)
 
-    memory = cls(tensors, image_shape, num_classes, slots)
+    memory = cls(tensors, image_shape, num_classes, slots, label_temperature=_label_temperature(meta, path))
     _probe(memory, meta, path)
     zca = _load_zca(zca_state, meta, image_shape, path)
     return MemoryFile(memory, meta, zca=zca, path=path)
@@ -214,6 +232,15 @@ def _check_meta(meta: dict, path: Path) -> tuple[tuple[int, int, int], int, int]
     if not isinstance(meta.get("dataset"), str):
         raise bad("dataset is missing")
     return tuple(shape), num_classes, slots  # type: ignore[return-value]
+
+
+def _label_temperature(meta: dict, path: Path) -> float:
+    """``options.label_temperature`` (1 when absent: a file without learned labels)."""
+    t = meta["options"].get("label_temperature", 1.0)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
+        raise IntegrityError(f"{path}: invalid memdistill metadata: options.label_temperature must be a "
+                             f"number > 0, got {t!r}")
+    return float(t)
 
 
 def _probe(memory: Memory, meta: dict, path: Path) -> None:
@@ -291,7 +318,8 @@ class MemoryFile:
 
     def as_dataset(self):
         """Everything the memory recalls as a :class:`~memdistill.evaluate.TrainingSet`
-        (``L*r`` examples; hard ``(N,)`` labels, or soft ``(N, L)`` when learned)."""
+        (``L*r`` examples; hard ``(N,)`` labels, or with learned labels ``(N, L)``
+        distributions, trained on with soft cross-entropy)."""
         from ..evaluate import TrainingSet
 
         x, y = self.recall()

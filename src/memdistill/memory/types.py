@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ._base import MEMORIES, Memory, solve_slots, stored_float_budget
+from ._base import MEMORIES, Memory, initial_label_logits, solve_slots, stored_float_budget
 
 __all__ = ["ImagesMemory", "BasesMemory", "create_memory", "list_memories"]
 
@@ -42,38 +42,35 @@ def _check_init(init: str, real) -> None:
         raise ConfigError("init='real' needs the real training data")
 
 
-def _assemble(cls, tensors, labels, image_shape, num_classes, slots, init, real, generator):
-    """A ``cls`` memory of ``tensors`` (and one-hot ``labels`` when learned), filled from
+def _assemble(cls, tensors, label_logits, temperature, image_shape, num_classes, slots, init, real, generator):
+    """A ``cls`` memory of ``tensors`` (and ``label_logits`` when learned), filled from
     ``real`` for ``init='real'``."""
-    if labels is not None:
-        tensors["labels"] = labels
-    memory = cls(tensors, image_shape, num_classes, slots)
+    if label_logits is not None:
+        tensors["label_logits"] = label_logits
+    memory = cls(tensors, image_shape, num_classes, slots, label_temperature=temperature)
     if init == "real":
         memory.init_from_real(real, generator)
     return memory
-
-
-def _one_hot_labels(num_classes: int, slots: int, slot_first: bool) -> torch.Tensor:
-    eye = torch.eye(num_classes)
-    return eye.unsqueeze(0).repeat(slots, 1, 1) if slot_first else eye.unsqueeze(1).repeat(1, slots, 1)
 
 
 @MEMORIES.register("images")
 class ImagesMemory(Memory):
     """``r`` learnable images per class, nothing shared.
 
-    Tensors: ``images`` ``(L, r, C, H, W)``; with learned labels ``labels`` ``(L, r, L)``.
+    Tensors: ``images`` ``(L, r, C, H, W)``; with learned labels ``label_logits``
+    ``(L, r, L)`` (slot ``i`` of class ``c`` is trained towards
+    ``softmax(label_logits[c, i] / label_temperature)``).
     A query ``q`` recalls ``sum_c q_c images[c]`` (linear in ``q``, like the bases type).
     """
 
     kind = "images"
 
     def options(self) -> dict[str, Any]:
-        return {"learned_labels": self.learned_labels}
+        return self.label_options()
 
     @classmethod
     def create(cls, image_shape, num_classes, budget_ipc, *, generator, real=None, init="real",
-               learned_labels=False) -> "ImagesMemory":
+               learned_labels=False, label_temperature=1.0) -> "ImagesMemory":
         c, h, w = image_shape
         budget = stored_float_budget(budget_ipc, image_shape, num_classes)
         per_class = c * h * w + (num_classes if learned_labels else 0)
@@ -90,8 +87,9 @@ class ImagesMemory(Memory):
             images = torch.zeros((num_classes, r, c, h, w))  # filled by init_from_real
         else:
             images = torch.randn((num_classes, r, c, h, w), generator=generator)
-        labels = _one_hot_labels(num_classes, r, slot_first=False) if learned_labels else None
-        return _assemble(cls, {"images": images}, labels, image_shape, num_classes, r, init, real, generator)
+        logits = initial_label_logits(num_classes, r, False, label_temperature) if learned_labels else None
+        return _assemble(cls, {"images": images}, logits, label_temperature, image_shape, num_classes, r, init,
+                         real, generator)
 
     def init_from_real(self, real, generator, mix=None):
         """``r`` real images of each class (see :meth:`Memory.init_from_real`)."""
@@ -102,7 +100,7 @@ class ImagesMemory(Memory):
 
     def recall_from(self, tensors, classes, slots):
         x = tensors["images"][classes, slots]
-        y = tensors["labels"][classes, slots] if "labels" in tensors else classes
+        y = self.label_targets(tensors["label_logits"][classes, slots]) if "label_logits" in tensors else classes
         return x, y
 
     def query_from(self, tensors, q):
@@ -114,14 +112,16 @@ class BasesMemory(Memory):
     """``K`` shared bases at ``H/ds x W/ds`` and ``r`` addressing matrices ``L x K``.
 
     Tensors: ``bases`` ``(K, C, h, w)``, ``addressing`` ``(r, L, K)``; with learned
-    labels ``labels`` ``(r, L, L)``. The ``i``-th example for query ``q`` is
-    ``up(q^T A_i B)`` (bilinear upsampling to ``H x W``).
+    labels ``label_logits`` ``(r, L, L)``. The ``i``-th example for query ``q`` is
+    ``up(q^T A_i B)`` (bilinear upsampling to ``H x W``); with learned labels the
+    ``i``-th example of class ``c`` is trained towards
+    ``softmax(label_logits[i, c] / label_temperature)``.
     """
 
     kind = "bases"
 
     def options(self) -> dict[str, Any]:
-        return {"learned_labels": self.learned_labels, "num_bases": int(self.tensors["bases"].shape[0]),
+        return {**self.label_options(), "num_bases": int(self.tensors["bases"].shape[0]),
                 "downsample": self.downsample}
 
     @property
@@ -130,7 +130,7 @@ class BasesMemory(Memory):
 
     @classmethod
     def create(cls, image_shape, num_classes, budget_ipc, *, generator, real=None, init="real",
-               learned_labels=False, num_bases=16, downsample=2) -> "BasesMemory":
+               learned_labels=False, label_temperature=1.0, num_bases=16, downsample=2) -> "BasesMemory":
         c, h, w = image_shape
         r = solve_slots(budget_ipc, image_shape, num_classes, num_bases, downsample, learned_labels)
         hl, wl = h // downsample, w // downsample
@@ -141,9 +141,9 @@ class BasesMemory(Memory):
             addressing = (torch.rand((r, num_classes, num_bases), generator=generator) * 2 - 1) * bound
         else:  # filled by init_from_real
             bases, addressing = torch.zeros((num_bases, c, hl, wl)), torch.zeros((r, num_classes, num_bases))
-        labels = _one_hot_labels(num_classes, r, slot_first=True) if learned_labels else None
-        return _assemble(cls, {"bases": bases.float(), "addressing": addressing.float()}, labels, image_shape,
-                         num_classes, r, init, real, generator)
+        logits = initial_label_logits(num_classes, r, True, label_temperature) if learned_labels else None
+        return _assemble(cls, {"bases": bases.float(), "addressing": addressing.float()}, logits, label_temperature,
+                         image_shape, num_classes, r, init, real, generator)
 
     def init_from_real(self, real, generator, mix=None):
         """Bases from the principal directions of real images, addressing from the
@@ -165,7 +165,7 @@ class BasesMemory(Memory):
         bases = tensors["bases"]
         coeff = tensors["addressing"][slots, classes]  # (N, K)
         low = (coeff @ bases.flatten(1)).view(-1, *bases.shape[1:])
-        y = tensors["labels"][slots, classes] if "labels" in tensors else classes
+        y = self.label_targets(tensors["label_logits"][slots, classes]) if "label_logits" in tensors else classes
         return self._up(low), y
 
     def query_from(self, tensors, q):
@@ -201,7 +201,8 @@ def create_memory(kind: str, image_shape, num_classes: int, budget_ipc: float, *
         kind: a name from the memory registry (``bases``, ``images``).
         image_shape: ``(C, H, W)`` of the dataset.
         real: the real training split (needed for ``init="real"``).
-        options: type-specific (``num_bases``, ``downsample``, ``learned_labels``).
+        options: type-specific (``num_bases``, ``downsample``, ``learned_labels``,
+            ``label_temperature``).
     """
     cls = MEMORIES.get(kind)
     try:
