@@ -23,7 +23,7 @@ from ._registry import (
     locate_dataset,
 )
 from ._root import resolve_roots
-from ._custom import USER_KINDS, check_dataset_source, is_user_dataset, user_datasets_under
+from ._custom import USER_KINDS, canonical_dataset_name, check_dataset_source, is_user_dataset, user_datasets_under
 from . import arrays, cifar, folder, mnist, svhn, tiny_imagenet  # noqa: F401  (register the datasets)
 from .zca import ZCAWhitening, fit_zca
 
@@ -35,6 +35,7 @@ __all__ = [
     "ImageDataset",
     "USER_KINDS",
     "ZCAWhitening",
+    "canonical_dataset_name",
     "check_dataset_source",
     "dataset_info",
     "fit_zca",

@@ -34,6 +34,7 @@ __all__ = [
     "Pool",
     "LoadRun",
     "is_user_dataset",
+    "canonical_dataset_name",
     "parse_user_name",
     "load_user_dataset",
     "check_dataset_source",
@@ -93,6 +94,12 @@ def _find(path_text: str, root: str | Path | None) -> Path:
         if (base / path).exists():
             return (base / path).absolute()
     return path.absolute()  # missing: the loader says so, naming it
+
+
+def canonical_dataset_name(name: str, root: str | Path | None = None) -> str:
+    """``folder:``/``npz:`` names with their absolute path and sorted options (what a run
+    records, valid from any working directory); built-in names as given."""
+    return str(parse_user_name(name, root)) if is_user_dataset(name) else name
 
 
 def parse_user_name(name: str, root: str | Path | None = None, **options: Any) -> UserName:
@@ -397,11 +404,13 @@ def _short(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def user_datasets_under(roots: Sequence[Path]) -> list[tuple[str, str | None, str]]:
+def user_datasets_under(roots: Sequence[Path], skip: Sequence[str] = ()) -> list[tuple[str, str | None, str]]:
     """``(name, problem, description)`` of each user dataset directly under ``roots``
-    (folders with class sub-folders of images, ``.npz`` files), reading no image."""
+    (folders with class sub-folders of images, folders of ``.npy`` arrays, ``.npz``
+    files), reading no image; entries named in ``skip`` (the built-in datasets' folders)
+    are left out."""
     found = []
-    builtin_tops = _builtin_folders()
+    builtin_tops = set(skip)
     for root in roots:
         try:
             entries = sorted(os.scandir(root), key=lambda e: e.name)
@@ -410,19 +419,17 @@ def user_datasets_under(roots: Sequence[Path]) -> list[tuple[str, str | None, st
         for entry in entries:
             if entry.name.startswith(".") or entry.name in builtin_tops:
                 continue
-            kind = "npz" if entry.name.endswith(".npz") and entry.is_file() else "folder" if entry.is_dir() else None
-            if kind is None:
+            path = Path(entry.path).absolute()
+            if entry.is_dir():
+                kind = "npz" if USER_KINDS.get("npz").check_path(path) is None else "folder"
+            elif entry.name.endswith(".npz"):
+                kind = "npz"
+            else:
                 continue
             spec = USER_KINDS.get(kind)
-            path = Path(entry.path).absolute()
             problem = spec.check_path(path)
             if kind == "folder" and problem is not None and "no class folders" in problem:
                 continue  # a folder of something else
             found.append((f"{kind}:{path}", problem, spec.describe(path) if problem is None else ""))
     return found
 
-
-def _builtin_folders() -> set[str]:
-    from ._registry import DATASETS
-
-    return {f.split("/")[0] for name in DATASETS.names() for f in DATASETS.get(name).relative_files()}
