@@ -78,7 +78,7 @@ def cmd_evaluate_subset(args: argparse.Namespace) -> int:
         + (f"_ipc{args.ipc}" if args.selection != "all" else "") + f"_{args.arch}.json")
     record = {
         **run_header("evaluate-subset", device=str(device), processes=dist.world_size),
-        "dataset": train.name,
+        "dataset": train.name if train.source else args.dataset,
         **({"dataset_source": train.source} if train.source else {}),
         "selection": args.selection,
         "ipc": args.ipc,
