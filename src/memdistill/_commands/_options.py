@@ -22,12 +22,18 @@ def _parent() -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     return p, p.add_argument_group(COMMON)
 
 
-def data_options(download: bool = True) -> argparse.ArgumentParser:
-    """``--root`` (where datasets live) and, for commands that read data, ``--download``."""
+def data_options(download: bool = True, user_data: bool = True) -> argparse.ArgumentParser:
+    """``--root`` (where datasets live); for commands that read data, ``--download`` (built-in
+    datasets) and ``--skip-bad-images`` / ``--rebuild-manifest`` (``folder:``/``npz:`` data)."""
     p, g = _parent()
     g.add_argument("--root", help="data folder (default: $MEMDISTILL_DATA, then ./data)")
     if download:
         g.add_argument("--download", action="store_true", help="fetch missing files from official mirrors")
+    if user_data:
+        g.add_argument("--skip-bad-images", action="store_true",
+                       help="folder: datasets: skip (and count) files that are not readable images instead of failing")
+        g.add_argument("--rebuild-manifest", action="store_true",
+                       help="folder:/npz: datasets: accept the files as they are now, rewriting their manifest")
     return p
 
 

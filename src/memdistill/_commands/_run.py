@@ -15,7 +15,8 @@ import torch
 from .._version import __version__
 from ..errors import ConfigError
 
-__all__ = ["table", "join", "rank0_first", "resolve_device", "run_header", "load_memory_file"]
+__all__ = ["table", "join", "rank0_first", "resolve_device", "run_header", "load_memory_file", "load_data",
+           "data_load_options", "check_memory_dataset", "dataset_record"]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -84,3 +85,40 @@ def load_memory_file(path: str):
     from ..memory.file import load_memory
 
     return load_memory(path)
+
+
+def data_load_options(args: argparse.Namespace, name: str) -> dict[str, object]:
+    """The keyword options of :func:`~memdistill.data.load_dataset` the shared data
+    flags give for dataset ``name`` (``--download`` for built-ins; ``--skip-bad-images``,
+    ``--rebuild-manifest`` and the progress display for ``folder:``/``npz:`` data)."""
+    from ..data import is_user_dataset
+
+    if is_user_dataset(name):
+        return {"skip_bad_images": bool(getattr(args, "skip_bad_images", False)),
+                "rebuild_manifest": bool(getattr(args, "rebuild_manifest", False)),
+                "progress": not getattr(args, "no_progress", False)}
+    return {"download": bool(getattr(args, "download", False))}
+
+
+def load_data(args: argparse.Namespace, name: str, split: str):
+    """One split of dataset ``name`` under the shared data flags (``--root`` ...)."""
+    from ..data import load_dataset
+
+    return load_dataset(name, split, root=args.root, **data_load_options(args, name))
+
+
+def check_memory_dataset(mf, requested: str | None, file: str) -> str:
+    """The dataset to evaluate memory file ``mf`` against: ``requested`` (``--dataset``)
+    or the one it records; refuses another built-in dataset at once (a ``folder:``/``npz:``
+    one is compared by content once loaded, :func:`~memdistill.data.check_dataset_source`)."""
+    from ..data import is_user_dataset
+
+    dataset = requested or mf.dataset
+    if dataset != mf.dataset and not (is_user_dataset(dataset) and is_user_dataset(mf.dataset)):
+        raise ConfigError(f"{file} holds a memory of {mf.dataset!r}, not {dataset!r}; evaluate it against {mf.dataset!r}")
+    return dataset
+
+
+def dataset_record(mf) -> dict | None:
+    """The ``folder:``/``npz:`` dataset record a memory file keeps (``None`` for built-ins)."""
+    return (mf.meta.get("extra") or {}).get("dataset")

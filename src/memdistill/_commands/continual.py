@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from ._options import Command, data_options, device_option, progress_option
-from ._run import resolve_device as _device, run_header
+from ._run import data_load_options, resolve_device as _device, run_header
 
 
 def add_arguments(cl: argparse.ArgumentParser) -> None:
     cl.add_argument("--benchmark", required=True,
                     help="split-mnist | split-fashion-mnist | split-cifar10 | split-cifar100 | "
-                         "split-tiny-imagenet | many | many:mnist,fashion-mnist (partial MANY)")
+                         "split-tiny-imagenet | many | many:mnist,fashion-mnist (partial MANY) | split-folder:PATH | "
+                         "split-npz:PATH (your own data's classes; --tasks, default 2 classes per task)")
     cl.add_argument("--strategy", default="memories",
                     help="memories | images | random | herding | finetune | joint, comma-separated, or all")
     cl.add_argument("--budget-ipc", type=float, default=1.0, help="stored floats per class, in images (default 1)")
@@ -44,6 +46,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     from ..continual import (ALL_STRATEGIES, LearnerConfig, StrategyOptions, create_benchmark, format_table,
                             plot_results, run_comparison, save_results)
     from ..continual.strategies import STRATEGIES
+    from ..data import is_user_dataset
 
     names = list(ALL_STRATEGIES) if args.strategy == "all" else [s.strip() for s in args.strategy.split(",") if s.strip()]
     for n in names:
@@ -63,8 +66,12 @@ def cmd_continual(args: argparse.Namespace) -> int:
     bench_opts = {"root": args.root, "seed": args.seed}
     if args.tasks is not None:
         bench_opts["num_tasks"] = args.tasks
+    user = args.benchmark.lower().startswith("split-") and is_user_dataset(args.benchmark[len("split-"):])
+    if user:
+        bench_opts["load_options"] = data_load_options(args, args.benchmark[len("split-"):])
     bench = create_benchmark(args.benchmark, **bench_opts)
-    stem = f"continual_{bench.name.replace(':', '_').replace(',', '+')}_ipc{args.budget_ipc:g}"
+    name = f"split-{Path(bench.train.source['path']).stem}" if user else bench.name  # no folders in a file name
+    stem = re.sub(r"[^\w.+-]+", "_", f"continual_{name.replace(',', '+')}_ipc{args.budget_ipc:g}")
     out = Path(args.out) if args.out else Path("outputs") / f"{stem}.json"
     png = Path(args.plot) if args.plot else out.with_suffix(".png")
     meta = {**run_header("continual", machine=describe_machine()),

@@ -1,4 +1,5 @@
-"""``memdistill datasets``: which datasets are found where, or missing and why."""
+"""``memdistill datasets``: which datasets are found where, or missing and why, and the
+image folders and array files directly under the data roots."""
 
 from __future__ import annotations
 
@@ -26,8 +27,23 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             where = ", ".join(str(p) for p in st.searched) or "-"
             rows.append((name, f"{info.num_classes}", shape, "missing", f"{st.problem} (searched: {where})"))
     print(table(["dataset", "classes", "shape", "status", "where / why"], rows))
+    _print_user_datasets(args.root)
     return 0
 
 
+def _print_user_datasets(root) -> None:
+    """Image folders and array files found directly under the data roots."""
+    from ..data import dataset_info, list_datasets, resolve_roots, user_datasets_under
+
+    builtin = {f.split("/")[0] for name in list_datasets() for f in dataset_info(name).files}
+    found = user_datasets_under(resolve_roots(root), skip=sorted(builtin))
+    if not found:
+        return
+    rows = [(name, "found" if problem is None else "problem", problem or what) for name, problem, what in found]
+    print()
+    print("your own data (use the name as --dataset; see README, 'Your own data'):")
+    print(table(["dataset", "status", "what / why"], rows))
+
+
 COMMAND = Command("datasets", "list datasets: found where, or missing and why", add_arguments, cmd_datasets,
-                  parents=lambda: [data_options(download=False)])
+                  parents=lambda: [data_options(download=False, user_data=False)])

@@ -8,7 +8,7 @@ from pathlib import Path
 from .._io import atomic_write_json
 from ..errors import ConfigError
 from ._options import Command, data_options, device_option, progress_option
-from ._run import load_memory_file, resolve_device, run_header, table
+from ._run import dataset_record, load_data, load_memory_file, resolve_device, run_header, table
 
 
 def add_arguments(dv: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def add_arguments(dv: argparse.ArgumentParser) -> None:
 
 def cmd_derive(args: argparse.Namespace) -> int:
     # ``--no-progress`` is accepted for uniformity: run_derived_task trains without a progress display
-    from ..data import load_dataset
+    from ..data import check_dataset_source
     from ..derive import derive_training_set, parse_task, run_derived_task, save_derived
     from ..evaluate import TrainConfig
     from ..labels import label_space_of
@@ -43,14 +43,15 @@ def cmd_derive(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must end in .safetensors (the derived training set), got {out}")
     device = resolve_device(args.device)
     space = label_space_of(mf)
-    test = load_dataset(mf.dataset, "test", root=args.root, download=args.download)
+    test = load_data(args, mf.dataset, "test")
+    check_dataset_source(dataset_record(mf), test, what=str(args.file))
     task = parse_task(args.task, space.class_names, dataset=test)
     derived = derive_training_set(mf, task, group_queries=not args.no_group_queries)
     save_derived(out, derived, mf)
     opts = supported_options(args.arch, width=args.width)
     tc = TrainConfig(arch=args.arch, arch_options=opts, epochs=args.epochs)
     tc_real = TrainConfig(arch=args.arch, arch_options=opts, epochs=args.real_epochs, batch_size=args.real_batch_size)
-    train = None if args.no_real else load_dataset(mf.dataset, "train", root=args.root, download=args.download)
+    train = None if args.no_real else load_data(args, mf.dataset, "train")
     res = run_derived_task(mf, task, test, tc, train=train, all_real_config=tc_real, runs=args.runs,
                            seed=args.seed, device=device, derived=derived)
     fmt = lambda r: "-" if r is None else f"{100 * r['mean']:.2f}"  # noqa: E731

@@ -11,11 +11,12 @@ import torch
 from .._io import atomic_write_json
 from ..errors import ConfigError
 from ._options import Command, collective_option, data_options, device_option, progress_option
-from ._run import join, rank0_first, table
+from ._run import join, load_data, rank0_first, table
 
 
 def add_arguments(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--dataset", required=True)
+    s.add_argument("--dataset", required=True,
+                   help="a built-in dataset (see `memdistill datasets`), folder:PATH (an image folder) or npz:PATH")
     s.add_argument("--budget-ipc", type=float, required=True, help="storage budget in images per class")
     s.add_argument("--preset", default="cpu-quick", help="cpu-quick | cpu | paper (default cpu-quick)")
     s.add_argument("--memory", help="bases | images")
@@ -41,6 +42,7 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
 def _distill_config(args: argparse.Namespace):
     """The run's configuration, from the one path every caller takes (:func:`config.resolve`)."""
     from ..config import parse_sets, resolve
+    from ..data import canonical_dataset_name
 
     flags = {
         "memory.kind": args.memory, "memory.num_bases": args.bases, "memory.downsample": args.downsample,
@@ -48,7 +50,8 @@ def _distill_config(args: argparse.Namespace):
         "outer.iterations": args.iterations, "seed": args.seed, "outer.unroll": args.unroll,
         "outer.window": args.window, "device": args.device,
     }
-    return resolve(args.preset, args.dataset, args.budget_ipc, toml=args.config or None, flags=flags,
+    dataset = canonical_dataset_name(args.dataset, getattr(args, "root", None))  # folder:/npz: by absolute path
+    return resolve(args.preset, dataset, args.budget_ipc, toml=args.config or None, flags=flags,
                    sets=parse_sets(args.set))
 
 
@@ -88,7 +91,6 @@ def _refuse_bad_resume(dist, checkpoint: Path, cfg) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from ..config import config_to_dict
-    from ..data import load_dataset
     from ..distill import Distiller
     from ..memory.file import save_memory
 
@@ -106,7 +108,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         torch.backends.cudnn.allow_tf32 = True
     if args.resume:
         _refuse_bad_resume(dist, checkpoint, cfg)  # a refused command writes nothing
-    train = rank0_first(dist, lambda: load_dataset(cfg.dataset, "train", root=args.root, download=args.download))
+    train = rank0_first(dist, lambda: load_data(args, cfg.dataset, "train"))
     if dist.is_main:
         atomic_write_json(Path(f"{base}.config.json"), config_to_dict(cfg))
     distiller = Distiller(cfg, train, device=device, dist=dist)
@@ -120,9 +122,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
                      "rollbacks": result.rollbacks, "validation": result.last_eval,
                      "validation_start": result.start_eval, "distill_seconds_this_session": seconds}
     space = distiller.label_space  # one-hot: the class names; else the label space's coordinates
+    extra = {**(space.file_extra() or {}), **({"dataset": train.source} if train.source is not None else {})}
     save_memory(out, result.memory, dataset=cfg.dataset, classes=list(space.coordinates), mean=train.mean,
                 std=train.std, zca=distiller.train.zca, config=config_to_dict(cfg), metrics=metrics_final,
-                train_size=len(train), extra=space.file_extra())
+                train_size=len(train), extra=extra or None)
     rep = result.memory.report(len(train))
     rows = [(cfg.dataset, cfg.memory.kind, cfg.memory.budget_ipc, result.memory.slots, rep.examples,
              rep.floats_stored, result.iterations,

@@ -9,7 +9,8 @@ from pathlib import Path
 from .._io import atomic_write_json
 from ..errors import ConfigError, MemdistillError
 from ._options import Command, collective_option, data_options, device_option, progress_option
-from ._run import join, load_memory_file, rank0_first, run_header, table
+from ._run import (check_memory_dataset, dataset_record, join, load_data, load_memory_file, rank0_first, run_header,
+                   table)
 
 
 def add_arguments(v: argparse.ArgumentParser) -> None:
@@ -49,20 +50,17 @@ def _acc(res) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..data import load_dataset
+    from ..data import check_dataset_source
     from ..evaluate import TrainConfig, TrainingSet, evaluate, select_subset
     from ..labels import label_space_of, reference_ipc
     from ..models import supported_options
 
     mf = load_memory_file(args.file)
-    dataset = args.dataset or mf.dataset
-    if dataset != mf.dataset:
-        raise ConfigError(f"{args.file} holds a memory of {mf.dataset!r}, not {dataset!r}; "
-                          f"evaluate it against {mf.dataset!r}")
+    dataset = check_memory_dataset(mf, args.dataset, args.file)
     dist, device = join(args, args.device)
-    load = lambda: (load_dataset(dataset, "train", root=args.root, download=args.download),  # noqa: E731
-                    load_dataset(dataset, "test", root=args.root, download=args.download))
+    load = lambda: (load_data(args, dataset, "train"), load_data(args, dataset, "test"))  # noqa: E731
     train, test = rank0_first(dist, load) if args.download else load()  # a download happens once
+    check_dataset_source(dataset_record(mf), train, what=str(args.file))
     space = label_space_of(mf)  # a non-one-hot memory is evaluated on its original classes
     if tuple(train.image_shape) != tuple(mf.image_shape) or train.num_classes != space.num_classes:
         raise ConfigError(f"{args.file} recalls {mf.image_shape} images of {space.num_classes} classes, but "

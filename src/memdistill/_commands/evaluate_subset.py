@@ -8,7 +8,7 @@ from pathlib import Path
 from .._io import atomic_write_json
 from ..errors import ConfigError
 from ._options import Command, collective_option, data_options, device_option, progress_option
-from ._run import join, rank0_first, run_header, table
+from ._run import join, load_data, rank0_first, run_header, table
 
 
 def add_arguments(e: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate_subset(args: argparse.Namespace) -> int:
-    from ..data import load_dataset, train_val_split
+    from ..data import train_val_split
     from ..evaluate import TrainConfig, evaluate, select_subset
     from ..models import MODELS
 
@@ -43,12 +43,11 @@ def cmd_evaluate_subset(args: argparse.Namespace) -> int:
     if args.selection != "all" and args.ipc is None:
         raise ConfigError(f"--selection {args.selection} needs --ipc N (images per class)")
     dist, device = join(args, args.device)
-    train = rank0_first(dist, lambda: load_dataset(args.dataset, "train", root=args.root, download=args.download))
+    train = rank0_first(dist, lambda: load_data(args, args.dataset, "train"))
     if args.eval_split == "val":
         train, test = train_val_split(train, val_fraction=args.val_fraction, seed=args.split_seed)
     else:
-        test = rank0_first(dist, lambda: load_dataset(args.dataset, "test", root=args.root,
-                                                      download=args.download))
+        test = rank0_first(dist, lambda: load_data(args, args.dataset, "test"))
     idx = select_subset(train, args.ipc, args.selection, seed=args.seed)
     subset = train.subset(idx)
     arch_options = {}
@@ -73,12 +72,14 @@ def cmd_evaluate_subset(args: argparse.Namespace) -> int:
     )]
     print(table(["dataset", "selection", "ipc", "examples", "stored floats", "arch", "runs", "tested on",
                  "accuracy %", "wall s"], rows))
+    stem = Path(train.source["path"]).stem if train.source else args.dataset  # folder:/npz: data by its folder name
     out = Path(args.out) if args.out else Path("outputs") / (
-        f"evaluate-subset_{args.dataset}_{args.selection}"
+        f"evaluate-subset_{stem}_{args.selection}"
         + (f"_ipc{args.ipc}" if args.selection != "all" else "") + f"_{args.arch}.json")
     record = {
         **run_header("evaluate-subset", device=str(device), processes=dist.world_size),
-        "dataset": args.dataset,
+        "dataset": train.name if train.source else args.dataset,
+        **({"dataset_source": train.source} if train.source else {}),
         "selection": args.selection,
         "ipc": args.ipc,
         "examples": len(idx),

@@ -17,13 +17,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .._registry import Registry
-from ..data import ImageDataset, load_dataset, locate_dataset
+from ..data import ImageDataset, is_user_dataset, load_dataset, locate_dataset
 from ..data._registry import DATASETS
 from ..errors import ConfigError, DataNotFoundError, TaskDataRevokedError
 
@@ -213,32 +213,43 @@ def _require_data(benchmark: str, datasets: Sequence[str], root: str | Path | No
 
 def split_benchmark(
     dataset: str,
-    num_tasks: int,
+    num_tasks: int | None,
     *,
     root: str | Path | None = None,
     seed: int = 0,
     name: str | None = None,
+    load_options: Mapping[str, Any] | None = None,
 ) -> Benchmark:
-    """Split ``dataset`` into ``num_tasks`` tasks of equally many classes.
+    """Split ``dataset`` (a built-in name, or ``folder:PATH`` / ``npz:PATH``) into
+    ``num_tasks`` tasks of equally many classes.
 
     The class order is ``torch.randperm(num_classes)`` under a generator seeded by
-    ``seed``; task ``t`` gets the ids ``[t*k, (t+1)*k)`` of that order.
+    ``seed``; task ``t`` gets the ids ``[t*k, (t+1)*k)`` of that order. ``num_tasks=None``
+    (user data only): tasks of 2 classes, or of 1 for an odd number of classes.
+    ``load_options`` go to :func:`~memdistill.data.load_dataset` (user data:
+    ``skip_bad_images``, ``rebuild_manifest``, ``progress``).
 
     Raises:
         ConfigError: the classes do not divide into ``num_tasks`` equal tasks.
         DataNotFoundError: the dataset's files are missing (the message names them).
     """
-    name = name or f"split-{dataset}"
-    info = DATASETS.get(dataset).info()
-    if num_tasks < 1 or info.num_classes % num_tasks:
-        divisors = [d for d in range(1, info.num_classes + 1) if info.num_classes % d == 0]
+    user = is_user_dataset(dataset)
+    opts = dict(load_options or {}) if user else {}
+    train = load_dataset(dataset, "train", root=root, **opts) if user else None
+    num_classes = train.num_classes if train is not None else DATASETS.get(dataset).info().num_classes
+    name = name or f"split-{dataset if train is None else train.name}"
+    if num_tasks is None:
+        num_tasks = num_classes // 2 if num_classes % 2 == 0 else num_classes
+    if num_tasks < 1 or num_classes % num_tasks:
+        divisors = [d for d in range(1, num_classes + 1) if num_classes % d == 0]
         raise ConfigError(
-            f"{name}: {info.num_classes} classes cannot be split into {num_tasks} equal tasks; "
+            f"{name}: {num_classes} classes cannot be split into {num_tasks} equal tasks; "
             f"valid numbers of tasks: {', '.join(map(str, divisors))}"
         )
-    _require_data(name, [dataset], root)
-    train = load_dataset(dataset, "train", root=root)
-    test = load_dataset(dataset, "test", root=root)
+    if train is None:
+        _require_data(name, [dataset], root)
+        train = load_dataset(dataset, "train", root=root)
+    test = load_dataset(dataset, "test", root=root, **opts)
     order = _class_order(train.num_classes, seed)
     names = tuple(train.classes[c] for c in order)
     k = train.num_classes // num_tasks
@@ -249,7 +260,7 @@ def split_benchmark(
         test=_relabel(test, order, names),
         tasks=tasks,
         class_names=names,
-        description=f"{dataset}, {num_tasks} tasks of {k} classes, class order seed {seed}: {order}",
+        description=f"{train.name}, {num_tasks} tasks of {k} classes, class order seed {seed}: {order}",
         class_order=tuple(order),
     )
 
@@ -395,10 +406,16 @@ def create_benchmark(name: str, **options: Any) -> Benchmark:
     Args:
         name: ``split-mnist``, ``split-fashion-mnist``, ``split-cifar10``,
             ``split-cifar100`` (``num_tasks`` 5, 10 or 20), ``split-tiny-imagenet`` or
-            ``many``; ``"many:mnist,fashion-mnist"`` is accepted as a partial MANY.
-        options: ``root``, ``seed``, ``num_tasks``; MANY: ``datasets``,
+            ``many``; ``"many:mnist,fashion-mnist"`` is accepted as a partial MANY;
+            ``split-folder:PATH`` / ``split-npz:PATH`` split your own data's classes.
+        options: ``root``, ``seed``, ``num_tasks``; ``split-folder:``/``split-npz:``:
+            ``load_options`` (see :func:`split_benchmark`); MANY: ``datasets``,
             ``allow_partial``, ``image_shape``.
     """
+    if name.lower().startswith("split-") and is_user_dataset(name[len("split-"):]):
+        kw = {k: v for k, v in options.items() if k in ("root", "seed", "load_options")}
+        _no_extra(name, {k: v for k, v in options.items() if k not in kw and k != "num_tasks"})
+        return split_benchmark(name[len("split-"):], options.get("num_tasks"), **kw)
     if ":" in name:
         name, extra = parse_benchmark(name)
         options = {**extra, **options}

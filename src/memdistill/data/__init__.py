@@ -6,6 +6,9 @@
 
 Files are found under ``root``, else ``$MEMDISTILL_DATA``, else ``./data`` (torchvision
 layout) and checked against their declared checksums before anything is parsed.
+
+Your own data loads the same way by name: ``load_dataset("folder:PATH", "train")`` (an
+image folder per class) or ``load_dataset("npz:PATH", "train")`` (arrays ``x``, ``y``).
 """
 
 from ._base import ImageDataset, train_val_split
@@ -20,7 +23,8 @@ from ._registry import (
     locate_dataset,
 )
 from ._root import resolve_roots
-from . import cifar, mnist, svhn, tiny_imagenet  # noqa: F401  (register the datasets)
+from ._custom import USER_KINDS, canonical_dataset_name, check_dataset_source, is_user_dataset, user_datasets_under
+from . import arrays, cifar, folder, mnist, svhn, tiny_imagenet  # noqa: F401  (register the datasets)
 from .zca import ZCAWhitening, fit_zca
 
 __all__ = [
@@ -29,12 +33,17 @@ __all__ = [
     "DatasetStatus",
     "FileChecksum",
     "ImageDataset",
+    "USER_KINDS",
     "ZCAWhitening",
+    "canonical_dataset_name",
+    "check_dataset_source",
     "dataset_info",
     "fit_zca",
+    "is_user_dataset",
     "list_datasets",
     "load_dataset",
     "locate_dataset",
     "resolve_roots",
     "train_val_split",
+    "user_datasets_under",
 ]

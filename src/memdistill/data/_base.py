@@ -44,6 +44,9 @@ class ImageDataset:
         zca: optional whitening applied after mean/std normalisation.
         extra_labels: other labellings of the same images (e.g. CIFAR-100 ``"coarse"``).
         extra_classes: class names of each extra labelling.
+        source: where a user dataset (``folder:``/``npz:``) came from, JSON-compatible:
+            kind, canonical name, path, classes, image shape, manifest digest, split and
+            decoding rules; ``None`` for the built-in datasets (their files are fixed).
     """
 
     name: str
@@ -56,6 +59,7 @@ class ImageDataset:
     zca: Whitening | None = None
     extra_labels: dict[str, torch.Tensor] = field(default_factory=dict)
     extra_classes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    source: dict | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:

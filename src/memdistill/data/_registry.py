@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .._registry import Registry
-from ..errors import ConfigError, DataNotFoundError, IntegrityError
+from ..errors import ConfigError, DataNotFoundError, IntegrityError, UnknownNameError
 from ._base import ImageDataset
+from ._custom import is_user_dataset, load_user_dataset, locate_user_dataset
 from ._download import DownloadFailed, check_mirrors, fetch_verified
 from ._integrity import FileChecksum, as_checksum, read_verified, verify_file
 from ._root import ENV_VAR, find_stray, resolve_roots
@@ -417,17 +418,31 @@ def _check_split(split: str) -> str:
 
 
 def list_datasets() -> list[str]:
-    """Registry names of every dataset, sorted."""
+    """Registry names of every built-in dataset, sorted (user datasets are named
+    ``folder:PATH`` / ``npz:PATH``, see :func:`load_dataset`)."""
     return DATASETS.names()
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """Static facts about dataset ``name`` (no files needed).
+def _spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS.get(name)
+    except UnknownNameError as err:
+        raise UnknownNameError(f"{err} For your own data use folder:PATH (an image folder) or npz:PATH "
+                               "(array files).") from None
+
+
+def dataset_info(name: str, root: str | Path | None = None, **options: Any) -> DatasetInfo:
+    """Static facts about dataset ``name`` (no files needed for a built-in dataset; a
+    ``folder:``/``npz:`` dataset is loaded, from its cache when it has one).
 
     Raises:
         UnknownNameError: ``name`` is not registered; the message lists valid names.
     """
-    return DATASETS.get(name).info()
+    if is_user_dataset(name):
+        ds = load_user_dataset(name, "train", root, **options)
+        return DatasetInfo(name=ds.name, num_classes=ds.num_classes, image_shape=ds.image_shape,
+                           classes=ds.classes, mean=ds.mean, std=ds.std, files=(), title=ds.name)
+    return _spec(name).info()
 
 
 def locate_dataset(
@@ -442,9 +457,13 @@ def locate_dataset(
         **options: as for :func:`load_dataset` (e.g. ``checksums=`` for fixtures).
 
     Returns:
-        A :class:`DatasetStatus`; never raises for missing or corrupt files.
+        A :class:`DatasetStatus`; never raises for missing or corrupt files. For a
+        ``folder:``/``npz:`` dataset only the layout is looked at (no file is read).
     """
-    spec = DATASETS.get(name)
+    if is_user_dataset(name):
+        canonical, path, problem = locate_user_dataset(name, root)
+        return DatasetStatus(canonical, problem is None, path, [path], problem)
+    spec = _spec(name)
     splits = SPLITS if split is None else (_check_split(split),)
     opts = spec.options(options)
     roots = resolve_roots(root, spec.name)
@@ -474,25 +493,39 @@ def load_dataset(
     ``$MEMDISTILL_DATA``, else ``./data``) in the torchvision layout, and every file is
     verified against its declared checksum before it is parsed.
 
+    User data is named ``folder:PATH`` (an image folder, :mod:`memdistill.data.folder`)
+    or ``npz:PATH`` (array files, :mod:`memdistill.data.arrays`), with options after
+    ``?`` or as keywords (``size=``, ``channels=``, ``test_fraction=``, ``split_seed=``).
+    On first use a manifest of its files is written; later loads verify the files
+    against it, and decoded images are cached.
+
     Args:
         name: ``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``, ``"cifar100"``, ``"svhn"``
-            or ``"tiny-imagenet"`` (case-insensitive); see :func:`list_datasets`.
+            or ``"tiny-imagenet"`` (case-insensitive; see :func:`list_datasets`), or
+            ``"folder:PATH"`` / ``"npz:PATH"``.
         split: ``"train"`` or ``"test"`` (Tiny ImageNet's ``"test"`` is its labelled val
             folder).
         root: data folder (downloads go to ``root``, or the first searched folder).
         download: fetch missing or failing files from the mirrors (verified, idempotent).
         **options: ``checksums=`` (override declared checksums, for fixtures),
             ``mirrors=``, ``retries=``, ``timeout=``; per dataset: ``labels="fine"|"coarse"``
-            (CIFAR-100), ``expected_classes=``/``expected_per_class=`` (Tiny ImageNet).
+            (CIFAR-100), ``expected_classes=``/``expected_per_class=`` (Tiny ImageNet);
+            user data: ``skip_bad_images=``, ``rebuild_manifest=``, ``progress=``,
+            ``cache_dir=`` and the name's options. ``split="val"`` exists for user data
+            with its own ``val`` split.
 
     Raises:
         UnknownNameError: unknown dataset name.
         ConfigError: bad split or option.
         DataNotFoundError: files missing (and not downloadable); the message names them,
             the folders searched, the mirrors tried and how to supply them.
-        IntegrityError: a file failed its checksum or is malformed; names the file.
+        IntegrityError: a file failed its checksum or is malformed; names the file; for
+            user data also: a file changed since the manifest was written.
+        DataError: user data laid out wrongly (one line naming the folder or array).
     """
-    spec = DATASETS.get(name)
+    if is_user_dataset(name):
+        return load_user_dataset(name, split, root, **options)
+    spec = _spec(name)
     split = _check_split(split)
     opts = spec.options(options)
     roots = resolve_roots(root, spec.name)
