@@ -148,15 +148,16 @@ def test_budget10_settings_apply_to_bases_memories_only():
     from memdistill.config import BUDGET10_SETTINGS
 
     def key(c):
-        return (c.memory.kind, c.memory.num_bases, c.inner.steps, c.outer.lr, c.outer.iterations)
+        return (c.memory.kind, c.memory.num_bases, c.inner.steps, c.outer.lr, c.outer.iterations,
+                c.outer.pool_size)
 
     b10 = resolve("cpu-quick", "mnist", 10)
-    assert key(b10) == ("bases", 64, 40, 0.001, 10)
+    assert key(b10) == ("bases", 64, 40, 0.001, 10, 0)
     assert b10.inner.n_per_class == 20
     base = resolve("cpu-quick", "mnist", 1)
-    assert key(base) == ("bases", 16, 10, 0.01, 40)
+    assert key(base) == ("bases", 16, 10, 0.003, 40, 4)
     images = resolve("cpu-quick", "mnist", 10, kind="images")
-    assert key(images) == ("images", 16, 10, 0.01, 40) and images.inner.n_per_class == 20
+    assert key(images) == ("images", 16, 10, 0.003, 40, 4) and images.inner.n_per_class == 20
     off = resolve("cpu-quick", "mnist", 10, flags=base_schedule("cpu-quick"))
     assert key(off)[1:] == key(base)[1:] and off.inner.n_per_class == 20
     cpu = resolve("cpu", "mnist", 10)
