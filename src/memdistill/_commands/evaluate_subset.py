@@ -69,10 +69,10 @@ def cmd_evaluate_subset(args: argparse.Namespace) -> int:
     rows = [(
         args.dataset, args.selection, args.ipc if args.selection != "all" else "-", len(idx),
         stored_floats, args.arch, args.runs, args.eval_split,
-        f"{100 * result.mean:.2f} +- {100 * result.std:.2f}", f"{result.wall_seconds:.1f}",
+        result.summary(pm="+-"), f"{result.wall_seconds:.1f}",
     )]
     print(table(["dataset", "selection", "ipc", "examples", "stored floats", "arch", "runs", "tested on",
-                 "accuracy %", "wall s"], rows))
+                 "accuracy % (mean +- sample std)", "wall s"], rows))
     out = Path(args.out) if args.out else Path("outputs") / (
         f"evaluate-subset_{args.dataset}_{args.selection}"
         + (f"_ipc{args.ipc}" if args.selection != "all" else "") + f"_{args.arch}.json")
