@@ -42,7 +42,8 @@ from memdistill.config import DistillConfig, config_to_dict, parse_sets, resolve
 from memdistill.data import load_dataset  # noqa: E402
 from memdistill.distill import Distiller  # noqa: E402
 from memdistill.errors import ConfigError, MemdistillError  # noqa: E402
-from memdistill.evaluate import TrainConfig, TrainingSet, evaluate, select_subset, test_network  # noqa: E402
+from memdistill.evaluate import (TrainConfig, TrainingSet, evaluate, format_accuracy, select_subset,  # noqa: E402
+                                 test_network)
 from memdistill.evaluate._train import train_network  # noqa: E402
 from memdistill.memory.file import load_memory, save_memory  # noqa: E402
 
@@ -52,6 +53,17 @@ BUDGETS = (1, 10)
 METHODS = ("bases", "images", "random", "herding")
 ARCHS = ("mlp", "lenet", "alexnet", "vgg11", "resnet18")
 TABLES = ("main", "xarch", "speed", "ablation")
+# What a cell records of the ConvNet it ran; cells without it came before the field's geometry
+GEOMETRY = "convnet first_pad 3 on 1-channel inputs (DC/DSA/MTT: 28 px -> 32/16/8/4 maps)"
+OLD_GEOMETRY_NOTE = (
+    "> **Network geometry of these tables.** The cells marked by no `geometry` field in their JSON ({n} of "
+    "{total} here) were computed before the ConvNet followed the field's geometry: on these 1-channel "
+    "images its first convolution was padded by 1 (feature maps 28/14/7/3, a 1152-wide classifier at "
+    "width 128), not by 3 as in DC, DSA, MTT and the paper's code (maps 32/16/8/4, 2048 wide), which is "
+    "now the default, for the distillation's inner networks and the evaluation networks alike. They have "
+    "not been rerun; `inner.first_pad=1` and `evaluation.first_pad=1` give their network back. Spreads "
+    "(±) are sample standard deviations (ddof 1) over the runs, converted from the population ones these "
+    "files first stored by `bench/migrate_std.py`.")
 
 # name -> (what it changes, overrides of the preset's configuration); budget 1, MNIST
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -177,7 +189,7 @@ class Runner:
 
     def common(self, cell: str) -> dict[str, Any]:
         return {"cell": cell, "preset": self.preset, "machine": machine(), "date": today(),
-                "protocol": self.protocol.__dict__, "device": str(self.device)}
+                "protocol": self.protocol.__dict__, "device": str(self.device), "geometry": GEOMETRY}
 
     # -------------------------------------------------------------- running
     def run(self, cell: str) -> dict[str, Any]:
@@ -314,9 +326,10 @@ def pct(v: float | None, digits: int = 2) -> str:
 
 
 def acc(res: dict[str, Any] | None) -> str:
+    """Mean ± sample std (ddof 1) in percent; the mean alone for one run."""
     if res is None:
         return "not run"
-    return f"{100 * res['mean']:.2f} ± {100 * res['std']:.2f}"
+    return format_accuracy(res["mean"], res["std"], len(res["accuracies"]))
 
 
 def load_cells(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -352,7 +365,7 @@ def build_tables(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                          cell_seconds([f"main.{ds}.whole"])[0]])
         tables.append({"key": f"main-{ds}", "title": f"Main table: {ds}",
                        "command": f"--tables main --datasets {ds}",
-                       "headers": ["budget (img/class)", "method", "examples", "floats stored", "test acc %",
+                       "headers": ["budget (img/class)", "method", "examples", "floats stored", "test acc % (± sample std)",
                                    "retained %", "cell s"], "rows": rows})
     for ds in datasets:
         rows = []
@@ -365,7 +378,8 @@ def build_tables(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         if rows:
             tables.append({"key": f"xarch-{ds}", "title": f"Cross-architecture: {ds}, `bases` memory",
                            "command": f"--tables xarch --datasets {ds}",
-                           "headers": ["budget", "convnet"] + list(ARCHS), "rows": rows})
+                           "headers": ["budget (test acc %, ± sample std)", "convnet"] + list(ARCHS),
+                           "rows": rows})
     rows = []
     for ds in datasets:
         for b in budgets:
@@ -397,7 +411,7 @@ def build_tables(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     if len(rows) > 1:
         tables.append({"key": "ablation", "title": "Ablations: MNIST, budget 1, `bases` memory",
                        "command": "--tables ablation", "headers": ["change", "examples", "floats stored",
-                                                                    "test acc %", "val acc %", "distill s"],
+                                                                    "test acc % (± sample std)", "val acc %", "distill s"],
                        "rows": rows})
     tables.append({"key": "targets", "title": "Targets", "command": "--render",
                    "headers": ["target", "measured", "met"], "rows": target_rows(cells)})
@@ -452,6 +466,9 @@ def render_markdown(preset: str, tables: list[dict[str, Any]], cells: dict[str, 
     proto = next(iter(cells.values()))["protocol"] if cells else {}
     out = [f"Preset `{preset}`. Machine: {'; '.join(machines) or '-'}. Dates: {', '.join(dates) or '-'}.",
            f"Evaluation protocol: {json.dumps(proto)}.", ""]
+    old = sum("geometry" not in c for c in cells.values())
+    if old:
+        out += [OLD_GEOMETRY_NOTE.format(n=old, total=len(cells)), ""]
     for t in tables:
         out += [f"#### {t['title']}", "",
                 f"Reproduce: `python bench/results.py --preset {preset} {t['command']}`", "",

@@ -34,7 +34,7 @@ from memdistill.config import DistillConfig, base_schedule, config_to_dict, reso
 from memdistill.data import load_dataset  # noqa: E402
 from memdistill.distill import Distiller  # noqa: E402
 from memdistill.errors import MemdistillError  # noqa: E402
-from memdistill.evaluate import TrainConfig, TrainingSet, evaluate  # noqa: E402
+from memdistill.evaluate import TrainConfig, TrainingSet, evaluate, format_accuracy  # noqa: E402
 
 OUT = DOCS / "bench" / "tuning"
 
@@ -94,14 +94,16 @@ def run_candidate(name: str, args) -> dict[str, Any]:
             "iterations": result.iterations, "seconds_per_iteration": seconds / max(result.iterations, 1),
             "examples": int(x.shape[0]), "floats_stored": int(result.memory.floats_stored()),
             "eval": {"width": args.eval_width, "epochs": args.eval_epochs, "runs": args.eval_runs},
-            "val": {"mean": val.mean, "std": val.std, "accuracies": list(val.accuracies)},
+            "val": {"mean": val.mean, "std": val.std, "std_ddof": 1, "accuracies": list(val.accuracies)},
             "config": config_to_dict(cfg)}
 
 
 def tuning_markdown(out_dir: Path = OUT) -> str:
     """The tables of every tag under ``out_dir``, from its JSON files only."""
     lines = ["Validation-split accuracy (%) of each candidate after the same wall-time budget of "
-             "distillation; the test split is not read. Reproduce one tag with the command in its row.", ""]
+             "distillation; the test split is not read. Spreads are sample standard deviations (ddof 1) "
+             "over the evaluation runs; a candidate evaluated once shows none. Reproduce one tag with the "
+             "command in its row.", ""]
     for tag_dir in sorted(p for p in out_dir.glob("*") if p.is_dir()):
         rows = [json.loads(f.read_text()) for f in sorted(tag_dir.glob("*.json"))]
         if not rows:
@@ -115,11 +117,16 @@ def tuning_markdown(out_dir: Path = OUT) -> str:
                   f"{', '.join(sorted({r['date'] for r in rows}))}. Retrained on ConvNet-3 width "
                   f"{r0['eval']['width']}, {r0['eval']['epochs']} epochs, {r0['eval']['runs']} runs.", "",
                   "| candidate | K bases | T inner steps | outer lr | learned labels | iterations in the budget "
-                  "| s/iteration | val acc % |",
+                  "| s/iteration | val acc % (mean ± sample std) |",
                   "|---|---|---|---|---|---|---|---|"]
+        if any("first_pad" not in r["config"]["inner"] for r in rows):
+            lines += ["> Made before the ConvNet followed the field's geometry: inner and evaluation networks "
+                      "padded the first convolution of these 1-channel images by 1 (maps 28/14/7/3), not 3 "
+                      "(32/16/8/4, the default now); not rerun. `inner.first_pad=1` and "
+                      "`evaluation.first_pad=1` give that network back.", ""]
         best = max(rows, key=lambda r: r["val"]["mean"])
         for r in sorted(rows, key=lambda r: -r["val"]["mean"]):
-            acc = f"{100 * r['val']['mean']:.2f} ± {100 * r['val']['std']:.2f}"
+            acc = format_accuracy(r["val"]["mean"], r["val"]["std"], len(r["val"]["accuracies"]))
             if r is best:
                 acc = f"**{acc}**"
             c = r["config"]  # what actually ran, whatever the preset says today

@@ -173,3 +173,45 @@ def test_batch_norm_evaluation_networks_are_refused():
     with pytest.raises(ConfigError, match="norm='batch'.*running statistics"):
         TrainConfig(arch="convnet", arch_options={"norm": "batch"})
     TrainConfig(arch="convnet", arch_options={"norm": "group"})  # every other norm is fine
+
+
+def test_converged_rule():
+    from memdistill.evaluate import converged
+
+    falling = [2.0 * 0.9 ** e for e in range(20)]  # last window's mean 65% of the one before
+    assert not converged(falling[:9]) and not converged(falling)
+    assert converged([1.0] * 20) and not converged([1.0] * 19)  # a plateau needs two windows
+    assert converged([1.0] * 10 + [0.995] * 10)  # 0.5% lower: within tol
+    assert not converged([1.0] * 10 + [0.98] * 10)
+    assert converged([0.09] * 10)  # fitted: under 0.1 nats
+    assert not converged([0.09 + 0.5] * 10) and converged([0.09 + 0.5] * 10, floor=0.5)  # soft labels' entropy
+    assert not converged([0.09] * 10, target=0.05)
+
+
+def test_converge_schedule_stops_early_on_the_fixed_schedule_path(mnist_train, small_test):
+    """A converged network is the fixed-schedule network of the same number of epochs
+    (same generator draws), trained on 100 images; the cap is respected."""
+    from memdistill.evaluate import fit_network
+
+    data = TrainingSet(mnist_train.subset(select_subset(mnist_train, 10, "random", seed=0)))
+    cfg = TrainConfig(arch="convnet", arch_options={"width": 8}, epochs=200, schedule="converge",
+                      converge_window=5, converge_loss=1.0)
+    model, losses = fit_network(data, 10, cfg, torch.Generator().manual_seed(0))
+    assert 5 <= len(losses) < 200 and sum(losses[-5:]) / 5 < 1.0 < sum(losses[-6:-1]) / 5
+    fixed = train_network(data, 10, TrainConfig(arch="convnet", arch_options={"width": 8}, epochs=len(losses)),
+                          torch.Generator().manual_seed(0))
+    for a, b in zip(model.parameters(), fixed.parameters()):
+        assert torch.equal(a, b)
+    capped = dict(vars(cfg), epochs=7)
+    assert len(fit_network(data, 10, TrainConfig(**capped), torch.Generator().manual_seed(0))[1]) == 7
+    res = evaluate(data, small_test, cfg, runs=2, seed=0)
+    assert len(res.epochs_run) == 2 and all(e < 200 for e in res.epochs_run)
+    assert evaluate(data, small_test, TrainConfig(**dict(vars(cfg), schedule="fixed", epochs=3)),
+                    runs=1).epochs_run == [3]
+
+
+def test_bad_schedule_is_refused():
+    with pytest.raises(ConfigError, match="schedule='auto' is invalid; valid: 'fixed', 'converge'"):
+        TrainConfig(schedule="auto")
+    with pytest.raises(ConfigError, match="converge_tol must be in"):
+        TrainConfig(converge_tol=0.0)

@@ -251,6 +251,47 @@ def test_convnet_depth_four_at_64_px():
     assert model.classifier.in_features == 16 * 4 * 4
 
 
+def _feature_maps(model, x):
+    """Spatial sizes after each convolution of a ConvNet on ``x``."""
+    sizes = []
+    for layer in model.features:
+        x = layer(x)
+        if isinstance(layer, torch.nn.Conv2d):
+            sizes.append(tuple(x.shape[2:]))
+    return sizes
+
+
+def test_convnet_geometry_is_the_fields():
+    """DC/DSA/MTT pad a 1-channel input's first convolution by 3: 28 px digits give the
+    32/16/8/4 maps of a 3-channel 32 px image and a 2048-wide classifier at width 128;
+    ``first_pad=1`` keeps the compact geometry (28/14/7/3, 1152 wide)."""
+    digits = create_model("convnet", 1, 10, 28, generator=seeded(0))
+    assert _feature_maps(digits, torch.zeros(2, 1, 28, 28)) == [(32, 32), (16, 16), (8, 8)]
+    assert digits.features[0].padding == (3, 3) and digits.classifier.in_features == 2048
+    assert digits(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    colour = create_model("convnet", 3, 10, 32, generator=seeded(0))
+    assert _feature_maps(colour, torch.zeros(2, 3, 32, 32)) == [(32, 32), (16, 16), (8, 8)]
+    assert colour.features[0].padding == (1, 1) and colour.classifier.in_features == 2048
+    compact = create_model("convnet", 1, 10, 28, generator=seeded(0), first_pad=1)
+    assert _feature_maps(compact, torch.zeros(2, 1, 28, 28)) == [(28, 28), (14, 14), (7, 7)]
+    assert compact.classifier.in_features == 128 * 3 * 3
+    assert create_model("convnet", 3, 10, 32, width=8, first_pad=3).classifier.in_features == 8 * 4 * 4
+    with pytest.raises(ConfigError, match="first_pad=-1.*integer >= 0"):
+        create_model("convnet", 1, 10, 28, first_pad=-1)
+
+
+def test_first_pad_reaches_the_network_through_the_options():
+    from memdistill.config import EvalConfig, resolve
+
+    assert "first_pad" not in EvalConfig().arch_options()  # -1: the network's default
+    assert EvalConfig(first_pad=1).arch_options()["first_pad"] == 1
+    assert "first_pad" not in EvalConfig(arch="mlp", first_pad=1).arch_options()
+    cfg = resolve("cpu-quick", "mnist", 1, flags={"inner.first_pad": 1, "evaluation.first_pad": 0})
+    assert (cfg.inner.first_pad, cfg.evaluation.first_pad) == (1, 0)
+    with pytest.raises(ConfigError, match="inner.first_pad must be >= 0"):
+        resolve("cpu-quick", "mnist", 1, flags={"inner.first_pad": -2})
+
+
 def test_default_options():
     assert default_options("convnet") == {
         "width": 128,
@@ -259,6 +300,7 @@ def test_default_options():
         "activation": "relu",
         "pooling": "avg",
         "num_groups": 4,
+        "first_pad": None,
     }
     assert default_options("MLP") == {"width": 128, "depth": 3, "activation": "relu"}
     assert default_options("alexnet")["norm"] == "none"

@@ -56,6 +56,7 @@ class InnerConfig:
     width: int = 128
     depth: int = 0  # 0: the network's default
     norm: str = "instance"
+    first_pad: int = -1  # convnet's first-convolution padding; -1: the network's default (3 for 1 channel, else 1)
     steps: int = 150
     optimizer: str = "sgd"
     lr: float = 0.01
@@ -100,21 +101,26 @@ class TrainOptions:
         width: its width (networks without one, such as ``lenet``, ignore it).
         lr: SGD learning rate.
         batch_size: examples per optimiser step.
+        first_pad: padding of ``convnet``'s first convolution (-1: its default, 3 for
+            1-channel inputs as in DC/DSA/MTT, else 1; 1 gives the compact geometry of
+            earlier versions); networks without the option ignore it.
     """
 
     arch: str = "convnet"
     width: int = 128
     lr: float = 0.01
     batch_size: int = 640
+    first_pad: int = -1
     depth: ClassVar[int] = 0  # a field only of the options that let users choose it
 
     def arch_options(self) -> dict[str, Any]:
-        """The network options of ``arch`` these options set (width, and depth where the
-        options have one; 0 means the network's default): the one place they are
-        translated into :func:`memdistill.models.create_model` keywords."""
+        """The network options of ``arch`` these options set (width, first_pad, and depth
+        where the options have one; 0 and -1 mean the network's default): the one place
+        they are translated into :func:`memdistill.models.create_model` keywords."""
         from .models import supported_options
 
-        return supported_options(self.arch, width=self.width, depth=self.depth or None)
+        return supported_options(self.arch, width=self.width, depth=self.depth or None,
+                                 first_pad=None if self.first_pad < 0 else self.first_pad)
 
 
 @dataclass
@@ -183,6 +189,8 @@ class DistillConfig:
             (self.outer.meta_batch >= 1, "outer.meta_batch (inner unrolls per outer step) must be >= 1"),
             (self.data_on_device in ("auto", "always", "never"), "data_on_device must be auto, always or never"),
             (self.zca >= 0, "zca (the whitening regularisation) must be >= 0; 0 turns it off"),
+            (self.inner.first_pad >= -1, "inner.first_pad must be >= 0, or -1 for the network's default"),
+            (self.evaluation.first_pad >= -1, "evaluation.first_pad must be >= 0, or -1 for the network's default"),
             (self.evaluation.every >= 0, "evaluation.every must be >= 0"),
             *self._pool_checks(),
             (0 < self.evaluation.val_fraction < 1, "evaluation.val_fraction must be in (0, 1)"),

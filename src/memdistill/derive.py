@@ -287,7 +287,8 @@ def run_derived_task(
     chance = float(counts.max() / counts.sum())
 
     def summary(res, extra):
-        return {"mean": res.mean, "std": res.std, "accuracies": res.accuracies, "examples": res.num_train_examples,
+        return {"mean": res.mean, "std": res.std, "std_ddof": 1, "accuracies": res.accuracies,
+                "examples": res.num_train_examples,
                 "seconds": res.wall_seconds, "epochs": res.config["epochs"], **extra}
 
     mem_res = evaluate(TrainingSet(derived.images, derived.labels, device=device), test_t, config, runs=runs,

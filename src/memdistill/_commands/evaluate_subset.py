@@ -68,10 +68,10 @@ def cmd_evaluate_subset(args: argparse.Namespace) -> int:
     rows = [(
         args.dataset, args.selection, args.ipc if args.selection != "all" else "-", len(idx),
         stored_floats, args.arch, args.runs, args.eval_split,
-        f"{100 * result.mean:.2f} +- {100 * result.std:.2f}", f"{result.wall_seconds:.1f}",
+        result.summary(pm="+-"), f"{result.wall_seconds:.1f}",
     )]
     print(table(["dataset", "selection", "ipc", "examples", "stored floats", "arch", "runs", "tested on",
-                 "accuracy %", "wall s"], rows))
+                 "accuracy % (mean +- sample std)", "wall s"], rows))
     stem = Path(train.source["path"]).stem if train.source else args.dataset  # folder:/npz: data by its folder name
     out = Path(args.out) if args.out else Path("outputs") / (
         f"evaluate-subset_{stem}_{args.selection}"

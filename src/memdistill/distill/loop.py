@@ -176,7 +176,8 @@ class Distiller:
             inner_optimizer=create_inner_optimizer(
                 ic.optimizer, lr=ic.lr, **({"momentum": ic.momentum} if ic.optimizer == "sgd" else {})),
             augment=None if ic.augment == "none" else create_augmentation(ic.augment),
-            arch_options=supported_options(ic.arch, width=ic.width, norm=ic.norm, depth=ic.depth or None),
+            arch_options=supported_options(ic.arch, width=ic.width, norm=ic.norm, depth=ic.depth or None,
+                                           first_pad=None if ic.first_pad < 0 else ic.first_pad),
             device=self.device, dist=self.dist,
         )
         if config.outer.pool_size:

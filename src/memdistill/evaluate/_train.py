@@ -1,8 +1,8 @@
 """Retrain-and-test: the evaluation protocol of the field.
 
 Train ``runs`` freshly initialised networks on a given set of images (hard or soft
-labels), test each on the real test split, report mean and std of accuracy, per-class
-accuracy and wall time. Defaults are the reference protocol of METHOD.md: SGD lr 0.01,
+labels), test each on the real test split, report the mean and sample standard deviation
+of accuracy, per-class accuracy and wall time. Defaults are the reference protocol of METHOD.md: SGD lr 0.01,
 momentum 0.9, batch 640, 300 epochs, no schedule.
 """
 
@@ -33,17 +33,76 @@ __all__ = [
     "EvaluationResult",
     "TrainingSet",
     "train_network",
+    "fit_network",
     "test_network",
     "evaluate",
     "run_seeds",
+    "sample_std",
+    "format_accuracy",
+    "SCHEDULES",
+    "converged",
 ]
+
+
+def sample_std(values: Any) -> float:
+    """The sample standard deviation of ``values`` (ddof = 1, the unbiased variance's root).
+
+    The spread of one value is undefined; it is reported as ``0.0`` (so JSON stays valid)
+    and shown as no spread at all by :func:`format_accuracy`.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.std(values, ddof=1)) if values.size >= 2 else 0.0
+
+
+def format_accuracy(mean: float, std: float, runs: int, pm: str = "±") -> str:
+    """``"81.23 ± 1.01"`` (percent; the spread a sample std) or ``"81.23"`` for one run."""
+    if runs < 2:
+        return f"{100 * mean:.2f}"
+    return f"{100 * mean:.2f} {pm} {100 * std:.2f}"
+
+
+SCHEDULES = ("fixed", "converge")
+
+
+def converged(losses: list[float], window: int = 10, tol: float = 0.01, target: float = 0.1,
+              floor: float = 0.0) -> bool:
+    """The ``converge`` schedule's stopping rule, on the mean training loss of each epoch
+    so far (the batches as trained; no extra passes).
+
+    ``floor`` is the lowest loss the labels allow (their mean entropy: 0 for one-hot
+    labels), so ``loss - floor`` is the divergence from the labels. With ``w = window``
+    and ``m`` the mean of ``loss - floor`` over the last ``w`` epochs, training has
+    converged once
+
+    - ``m < target`` (default 0.1 nats: the network puts on average about 90% of its
+      probability where the labels do; it fits its examples), or
+    - at least ``2 w`` epochs ran and ``m`` is less than ``tol`` (relative) below the
+      same mean over the ``w`` epochs before (a plateau, for labels it cannot fit).
+    """
+    if len(losses) < window:
+        return False
+    last = sum(losses[-window:]) / window - floor
+    if last < target:
+        return True
+    if len(losses) < 2 * window:
+        return False
+    before = sum(losses[-2 * window:-window]) / window - floor
+    return last > (1 - tol) * before
 
 
 @dataclass
 class TrainConfig:
     """How each evaluation network is built and trained (reference defaults): the
     resolved protocol :func:`train_network` follows. :meth:`from_options` builds it from
-    the user-facing :class:`~memdistill.config.TrainOptions` (``EvalConfig``, ...)."""
+    the user-facing :class:`~memdistill.config.TrainOptions` (``EvalConfig``, ...).
+
+    ``schedule``: ``"fixed"`` (the reference) trains exactly ``epochs`` epochs;
+    ``"converge"`` stops at the end of the first epoch where :func:`converged` holds
+    for the per-epoch training losses (``converge_window`` epochs, relative tolerance
+    ``converge_tol``, target ``converge_loss`` nats above the labels' entropy), and after
+    ``epochs`` epochs at the latest: the schedule for a few hundred recalled examples,
+    where an epoch is one or two optimiser steps.
+    """
 
     arch: str = "convnet"
     arch_options: dict[str, Any] = field(default_factory=dict)
@@ -54,11 +113,23 @@ class TrainConfig:
     batch_size: int = 640
     augment: str = "none"
     test_batch_size: int = 2000
+    schedule: str = "fixed"
+    converge_window: int = 10
+    converge_tol: float = 0.01
+    converge_loss: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "test_batch_size"):
+        for name in ("epochs", "batch_size", "test_batch_size", "converge_window"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule={self.schedule!r} is invalid; valid: {', '.join(map(repr, SCHEDULES))} "
+                              "(fixed: train `epochs` epochs; converge: stop once the training loss plateaus, "
+                              "at most `epochs` epochs)")
+        if not 0 < self.converge_tol < 1:
+            raise ConfigError(f"converge_tol must be in (0, 1), got {self.converge_tol}")
+        if not self.converge_loss > 0:
+            raise ConfigError(f"converge_loss must be > 0 (nats), got {self.converge_loss}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
@@ -88,7 +159,10 @@ class EvaluationResult:
     """Outcome of :func:`evaluate`.
 
     ``accuracies`` holds one test accuracy in ``[0, 1]`` per run; ``per_class`` is
-    ``runs x num_classes``; times are seconds.
+    ``runs x num_classes``; times are seconds; ``epochs_run`` holds the epochs each run
+    trained (``epochs`` under the fixed schedule, fewer where ``converge`` stopped early). ``std`` is the *sample* standard deviation
+    of ``accuracies`` (ddof = 1; ``0.0`` for a single run, whose spread is undefined);
+    :meth:`to_dict` records ``std_ddof: 1`` beside it.
     """
 
     accuracies: list[float]
@@ -98,6 +172,7 @@ class EvaluationResult:
     num_train_examples: int
     num_test_examples: int
     config: dict[str, Any]
+    epochs_run: list[int] = field(default_factory=list)
 
     @property
     def mean(self) -> float:
@@ -105,7 +180,11 @@ class EvaluationResult:
 
     @property
     def std(self) -> float:
-        return float(np.std(self.accuracies))
+        return sample_std(self.accuracies)
+
+    def summary(self, pm: str = "±") -> str:
+        """Mean ± sample std in percent (``"81.23 ± 1.01"``; the mean alone for one run)."""
+        return format_accuracy(self.mean, self.std, len(self.accuracies), pm)
 
     @property
     def per_class_mean(self) -> list[float]:
@@ -113,7 +192,7 @@ class EvaluationResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d.update(mean=self.mean, std=self.std, per_class_mean=self.per_class_mean)
+        d.update(mean=self.mean, std=self.std, std_ddof=1, per_class_mean=self.per_class_mean)
         return d
 
 
@@ -189,6 +268,15 @@ def _check_distributions(labels: torch.Tensor, tol: float = 1e-4) -> None:
         )
 
 
+def _label_entropy(labels: torch.Tensor) -> float:
+    """Mean entropy (nats) of soft labels ``(N, L)``, the least the soft loss can reach; 0
+    for class indices."""
+    if labels.ndim != 2:
+        return 0.0
+    p = labels.double().clamp_min(0)
+    return float(-(p * p.clamp_min(1e-300).log()).sum(1).mean())
+
+
 def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.ndim == 2:  # soft labels
         return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
@@ -211,7 +299,22 @@ def train_network(
     ``on_step(step, model)`` is called after every optimiser step (``step`` counts
     from 1); training stops early when it returns ``True``. It must leave ``model``
     in train mode (e.g. wrap a test in ``model.eval()`` ... ``model.train()``).
+    ``config.schedule`` decides how many epochs run (see :class:`TrainConfig`).
     """
+    return fit_network(data, num_classes, config, generator, progress, on_step)[0]
+
+
+def fit_network(
+    data: TrainingSet,
+    num_classes: int,
+    config: TrainConfig,
+    generator: torch.Generator,
+    progress: Callable[[int], None] | None = None,
+    on_step: Callable[[int, torch.nn.Module], bool] | None = None,
+) -> tuple[torch.nn.Module, list[float]]:
+    """:func:`train_network`, also returning the mean training loss of every epoch run
+    (its length is the number of epochs trained, the last one possibly cut short by
+    ``on_step``)."""
     c, h, w = data.image_shape
     model = create_model(
         config.arch, c, num_classes, (h, w), generator=generator, device=data.device, **config.arch_options
@@ -223,9 +326,11 @@ def train_network(
     n = len(data)
     steps_per_epoch = math.ceil(n / config.batch_size)
     model.train()
-    done, stop = 0, False
+    done, stop, losses = 0, False, []
+    floor = _label_entropy(data.labels) if config.schedule == "converge" else 0.0
     for _ in range(config.epochs):
         order = torch.randperm(n, generator=generator).to(data.device)
+        total = torch.zeros((), device=data.device)
         for s in range(steps_per_epoch):
             idx = order[s * config.batch_size : (s + 1) * config.batch_size]
             x, y = data.get(idx)
@@ -234,16 +339,19 @@ def train_network(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            total += loss.detach() * idx.numel()
             done += 1
             if on_step is not None and on_step(done, model):
                 stop = True
                 break
+        losses.append(float(total) / min(n, (s + 1) * config.batch_size))
         if progress is not None:
             progress(steps_per_epoch)
-        if stop:
+        if stop or (config.schedule == "converge" and converged(
+                losses, config.converge_window, config.converge_tol, config.converge_loss, floor)):
             break
     model.eval()
-    return model
+    return model, losses
 
 
 @torch.no_grad()
@@ -312,7 +420,7 @@ def evaluate(
     steps = math.ceil(len(data) / config.batch_size) * config.epochs
     mine = range(runs) if dist is None else dist.shard(runs)
     bar = progress_bar(steps * len(mine), desc="evaluate", unit="step", enabled=progress, leave=False)
-    accs, per_class, times = [], [], []
+    accs, per_class, times, epochs_run = [], [], [], []
     start = time.perf_counter()
     try:
         for r, s in enumerate(run_seeds(seed, runs)):
@@ -320,8 +428,9 @@ def evaluate(
                 continue
             g = torch.Generator().manual_seed(s)
             t0 = time.perf_counter()
-            model = train_network(data, test.num_classes, config, g, progress=bar.update)
+            model, losses = fit_network(data, test.num_classes, config, g, progress=bar.update)
             times.append(time.perf_counter() - t0)
+            epochs_run.append(len(losses))
             acc, pc = test_network(model, test, config.test_batch_size, device=data.device)
             accs.append(acc)
             per_class.append(pc)
@@ -330,9 +439,10 @@ def evaluate(
         bar.close()
     if dist is not None and dist.distributed:
         # every rank's runs, back in run order
-        parts = dist.all_gather_object((list(mine), accs, per_class, times))
-        order = sorted((r, a, pc, t) for rs, a_s, pcs, ts in parts for r, a, pc, t in zip(rs, a_s, pcs, ts))
-        accs, per_class, times = [o[1] for o in order], [o[2] for o in order], [o[3] for o in order]
+        parts = dist.all_gather_object((list(mine), accs, per_class, times, epochs_run))
+        fields = [[v for part in parts for v in part[i]] for i in range(5)]  # each field, over the ranks
+        order = sorted(zip(*fields), key=lambda row: row[0])
+        accs, per_class, times, epochs_run = ([o[i] for o in order] for i in (1, 2, 3, 4))
     return EvaluationResult(
         accuracies=accs,
         per_class=per_class,
@@ -341,4 +451,5 @@ def evaluate(
         num_train_examples=len(data),
         num_test_examples=len(test),
         config={**dataclasses.asdict(config), "runs": runs, "seed": seed},
+        epochs_run=epochs_run,
     )

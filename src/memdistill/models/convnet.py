@@ -1,4 +1,11 @@
-"""ConvNet: the DC/DSA evaluation network, ``depth`` x [conv3x3 -> norm -> act -> pool]."""
+"""ConvNet: the DC/DSA evaluation network, ``depth`` x [conv3x3 -> norm -> act -> pool].
+
+Geometry as in DC, DSA and MTT: the first convolution of a 1-channel input is padded by 3,
+so a 28 x 28 digit gives 32 x 32 feature maps (then 16, 8, 4: a 2048-wide classifier at
+width 128), the maps of a 3-channel 32 x 32 input; every other convolution is padded by 1.
+``first_pad=1`` gives the compact geometry earlier versions used for 1-channel inputs
+(maps 28, 14, 7, 3: 1152 wide at width 128).
+"""
 
 from __future__ import annotations
 
@@ -32,6 +39,11 @@ class ConvNetOptions(ModelOptions):
     activation: str = "relu"
     pooling: str = "avg"
     num_groups: int = field(default=4, metadata={"doc": "groups of norm='group'"})
+    first_pad: int | None = field(
+        default=None,
+        metadata={"doc": "padding of the first convolution; None: 3 for 1-channel inputs "
+                         "(28 px -> 32 px maps, as DC/DSA/MTT), else 1"},
+    )
 
     def validate(self) -> None:
         check_int("width", self.width)
@@ -41,6 +53,8 @@ class ConvNetOptions(ModelOptions):
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("pooling", self.pooling, POOLINGS)
         check_int("num_groups", self.num_groups)
+        if self.first_pad is not None:
+            check_int("first_pad", self.first_pad, minimum=0)
 
     def resolved(self, image_size: tuple[int, int]) -> ConvNetOptions:
         if self.depth is not None:
@@ -52,9 +66,12 @@ class ConvNetOptions(ModelOptions):
 class ConvNet(nn.Module):
     """(N, C, H, W) -> (N, num_classes).
 
-    Each of the ``depth`` blocks is conv3x3 (padding 1, ``width`` channels) -> norm ->
-    activation -> 2x2 pooling; a linear layer maps the flattened features to logits.
-    With pooling, every block halves H and W (rounding down: 28 -> 14 -> 7 -> 3).
+    Each of the ``depth`` blocks is conv3x3 (``width`` channels) -> norm -> activation ->
+    2x2 pooling; a linear layer maps the flattened features to logits. The first
+    convolution is padded by ``first_pad`` (``None``: 3 for ``in_channels == 1``, else 1),
+    the others by 1. With pooling, every block halves H and W (rounding down): a 1-channel
+    28 x 28 input gives maps 32 -> 16 -> 8 -> 4 by default, 28 -> 14 -> 7 -> 3 with
+    ``first_pad=1``.
     """
 
     def __init__(
@@ -69,15 +86,23 @@ class ConvNet(nn.Module):
         activation: str = "relu",
         pooling: str = "avg",
         num_groups: int = 4,
+        first_pad: int | None = None,
     ) -> None:
         super().__init__()
+        if first_pad is None:
+            first_pad = 3 if in_channels == 1 else 1
         height, breadth = image_size
         layers: list[nn.Module] = []
         channels = in_channels
-        for _ in range(depth):
+        for d in range(depth):
+            pad = first_pad if d == 0 else 1
+            height, breadth = height + 2 * pad - 2, breadth + 2 * pad - 2  # a 3x3 convolution
+            if height < 1 or breadth < 1:
+                raise ConfigError(f"image_size {tuple(image_size)} is too small for a 3x3 convolution "
+                                  f"padded by {pad}; use first_pad >= 1")
             check_norm_size(norm, height, breadth)
             layers += [
-                nn.Conv2d(channels, width, 3, padding=1, bias=conv_bias(norm)),
+                nn.Conv2d(channels, width, 3, padding=pad, bias=conv_bias(norm)),
                 norm_layer(norm, width, num_groups),
                 activation_layer(activation),
                 pool_layer(pooling),
