@@ -288,7 +288,7 @@ def test_task_memories_size_themselves_and_keep_the_preset_schedule_at_budget_10
     mem = create_strategy("memories", budget_ipc=10, preset="cpu-quick")
     cfg = mem.task_config(3, "mnist", (1, 28, 28), 2)
     assert cfg.memory.num_bases == auto_num_bases(10, (1, 28, 28), 2, 2) != 64
-    assert (cfg.inner.steps, cfg.outer.lr, cfg.outer.iterations, cfg.inner.n_per_class) == (10, 0.01, 40, 20)
+    assert (cfg.inner.steps, cfg.outer.lr, cfg.outer.iterations, cfg.inner.n_per_class) == (10, 0.003, 40, 20)
     assert (cfg.seed, cfg.zca, cfg.evaluation.epochs, cfg.evaluation.every) == (3, 0.0, 30, 0)
     mine = create_strategy("memories", budget_ipc=10, preset="cpu-quick",
                            distill_overrides={"memory.num_bases": 3, "outer.iterations": "2"})
