@@ -76,8 +76,10 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "T5": ("T = 5 inner steps", {"inner.steps": 5}),
     "T20": ("T = 20 inner steps", {"inner.steps": 20}),
     "full": ("full-graph back-propagation", {"outer.unroll": "full"}),
-    "truncated": ("truncated: last T/2 steps only", {"outer.window": -1}),
-    "rat": ("random truncation (RaT-BPTT, window T/2)", {"outer.window": -1, "outer.random_truncation": True}),
+    # truncation shortens fresh-network unrolls: these ablations switch a preset's model pool off
+    "truncated": ("truncated: last T/2 steps only", {"outer.window": -1, "outer.pool_size": 0}),
+    "rat": ("random truncation (RaT-BPTT, window T/2)", {"outer.window": -1, "outer.random_truncation": True,
+                                                         "outer.pool_size": 0}),
     "labels": ("learned labels", {"memory.learned_labels": True}),
     "augment": ("flip_rotate augmentation in the inner loop", {"inner.augment": "flip_rotate"}),
 }

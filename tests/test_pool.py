@@ -158,12 +158,14 @@ def test_bad_pool_settings_are_refused_with_the_valid_range(sets, message):
 def test_the_pool_beats_fresh_unrolls_of_the_same_cost_on_real_mnist(mnist_train):
     """Equal cost per outer step (10 inner steps each, same outer rate and iterations):
     the pool's memory trains a better network (validation split) than fresh-network
-    unrolls, which teach the memory only the first 10 steps of training. Measured
-    margins on this machine kind (2026-11-30, seeds 1 and 2): pool - fresh 3.7 and 3.9
-    points, pool - starting point 1.9 and 2.9; the test asks for 1.5 and > 0."""
-    common = {"seed": 0, "outer.iterations": 25, "outer.lr": 0.003, "inner.steps": 10, "evaluation.every": 0}
+    unrolls, which teach the memory only the first 10 steps of training. Measured on
+    this machine kind (2026-11-30, the 1-channel ConvNet with first_pad=1, as here), seeds
+    1 and 2: pool - fresh 3.7 and 3.9 points, pool - starting point 1.9 and 2.9; the test
+    asks for 1.5 and > 0 at seed 1."""
+    common = {"seed": 1, "outer.iterations": 25, "outer.lr": 0.003, "inner.steps": 10, "evaluation.every": 0,
+              "inner.first_pad": 1, "evaluation.first_pad": 1}
     acc = {}
-    for name, extra in [("fresh", {"evaluation.at_start": True}),
+    for name, extra in [("fresh", {"evaluation.at_start": True, "outer.pool_size": 0}),
                         ("pool", {"outer.pool_size": 4, "outer.pool_unroll": 10, "outer.pool_max_steps": 100,
                                   "evaluation.at_start": False})]:
         res = Distiller(resolve("cpu-quick", "mnist", 1, flags={**common, **extra}), mnist_train).run()
