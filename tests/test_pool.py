@@ -8,27 +8,21 @@ import json
 import pytest
 import torch
 
-from memdistill.config import DistillConfig, apply_overrides, resolve
+from memdistill.config import DistillConfig, resolve
 from memdistill.distill import Distiller
 from memdistill.distill.pool import Member, ModelPool
 from memdistill.engine import create_inner_optimizer, meta_gradient
 from memdistill.errors import ConfigError
 
+from test_distill import _tiny as distill_tiny
 from test_engine import _problem, _rel_err
 
 POOL = {"outer.pool_size": 3, "outer.pool_unroll": 2, "outer.pool_max_steps": 5}
 
 
 def _tiny(**over) -> DistillConfig:
-    cfg = DistillConfig(dataset="mnist", seed=1, checkpoint_every=1)
-    apply_overrides(cfg, {
-        "memory": {"budget_ipc": 1, "num_bases": 4, "downsample": 4},
-        "inner": {"width": 8, "steps": 3, "n_per_class": 2, "augment": "flip_rotate"},
-        "outer": {"iterations": 6, "real_per_class": 4},
-        "evaluation": {"every": 0, "width": 8, "epochs": 2},
-    })
-    apply_overrides(cfg, {**POOL, **over})
-    return cfg.validate()
+    """test_distill's tiny run with a pool of 3 and 6 outer iterations."""
+    return distill_tiny(**{"outer.iterations": 6, **POOL, **over}).validate()
 
 
 @pytest.fixture(scope="module")
