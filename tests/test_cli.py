@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -78,6 +79,16 @@ def _distill_args(data_root, out):
             "--set", "evaluation.epochs=1", "--set", "evaluation.width=8", "--out", str(out), "--no-progress"]
 
 
+@pytest.mark.parametrize("pool_size, inner_steps, warned", [(4, 7, True), (0, 7, False), (4, None, False)])
+def test_inner_steps_ignored_by_the_pool_is_said(pool_size, inner_steps, warned, capsys):
+    from memdistill._commands.distill import _warn_unused_steps
+    from memdistill.config import resolve
+
+    cfg = resolve("cpu-quick", "mnist", 1, flags={"outer.pool_size": pool_size})
+    _warn_unused_steps(argparse.Namespace(inner_steps=inner_steps), cfg)
+    assert ("--inner-steps 7 is not used" in capsys.readouterr().err) == warned
+
+
 def test_distill_info_show_evaluate_end_to_end(data_root, tmp_path, capsys):
     out = tmp_path / "m.mem.safetensors"
     assert main(_distill_args(data_root, out)) == 0
@@ -85,7 +96,8 @@ def test_distill_info_show_evaluate_end_to_end(data_root, tmp_path, capsys):
     cfg = json.loads((tmp_path / "m.mem.config.json").read_text())
     assert cfg["inner"]["width"] == 8 and cfg["inner"]["steps"] == 2
     assert len((tmp_path / "m.mem.metrics.jsonl").read_text().splitlines()) == 2
-    capsys.readouterr()
+    # the preset's pool unrolls outer.pool_unroll steps: the ignored --inner-steps is said
+    assert "--inner-steps 2 is not used" in capsys.readouterr().err
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "bases" in info and "floats_stored" in info and "7776" in info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -72,6 +73,17 @@ def _against_start(result) -> str:
     return line
 
 
+def _warn_unused_steps(args: argparse.Namespace, cfg) -> None:
+    """Say so on stderr when ``--inner-steps`` is given while a model pool is on: the pool
+    unrolls ``outer.pool_unroll`` steps per outer step and never reads ``inner.steps``."""
+    if args.inner_steps is not None and cfg.outer.pool_size > 0:
+        print(f"warning: --inner-steps {args.inner_steps} is not used: the model pool is on "
+              f"(outer.pool_size={cfg.outer.pool_size}), so each outer step unrolls outer.pool_unroll="
+              f"{cfg.outer.pool_unroll} steps of networks that live up to outer.pool_max_steps="
+              f"{cfg.outer.pool_max_steps} steps; set those (--set outer.pool_unroll=N), or switch the pool "
+              "off with --set outer.pool_size=0 for fresh unrolls of --inner-steps steps", file=sys.stderr)
+
+
 def _refuse_bad_resume(dist, checkpoint: Path, cfg) -> None:
     """Refuse ``--resume`` from a checkpoint of another configuration before any file is
     written (rank 0 reads the checkpoint; every rank refuses together)."""
@@ -95,6 +107,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from ..memory.file import save_memory
 
     cfg = _distill_config(args)
+    _warn_unused_steps(args, cfg)
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out must end in .safetensors (a memory file), got {out}")
