@@ -73,7 +73,6 @@ NOMINAL_TFLOPS: list[tuple[str, float, float, float]] = [
     ("A100", 19.5, 156.0, 312.0),
     ("L40S", 91.6, 183.0, 362.0),
     ("L4", 30.3, 60.0, 121.0),
-    ("A10", 31.2, 62.5, 125.0),
 ]
 
 STANDIN_IMAGES = {False: 10_000, True: 500}  # per run size of the 3 x 32 x 32 stand-in (full, quick)
