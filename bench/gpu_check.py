@@ -24,7 +24,8 @@ others still run; the script then exits 1):
   counted by ``torch.utils.flop_counter`` (that step is the warm-up, not timed); the
   achieved rate and its fraction of each measured and nominal rate.
 * ``distillation``: the ``paper`` preset on MNIST for ``--distill-seconds`` of wall time
-  (``Distiller.run(time_limit=...)``), then the memory, its starting point, random real
+  (``Distiller.run(time_limit=...)``; shortened, to 30 s at least, when the sections
+  before it took so long that the check would pass ``--budget-seconds``), then the memory, its starting point, random real
   images and herding at equal storage, each retrained ``--eval-runs`` times and tested
   on MNIST's test split.
 
@@ -75,6 +76,7 @@ NOMINAL_TFLOPS: list[tuple[str, float, float, float]] = [
     ("L4", 30.3, 60.0, 121.0),
 ]
 
+EVAL_RESERVE = 60.0  # seconds kept for the evaluation after the distillation (--budget-seconds)
 STANDIN_IMAGES = {False: 10_000, True: 500}  # per run size of the 3 x 32 x 32 stand-in (full, quick)
 
 
@@ -469,14 +471,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--distill-seconds", type=float, help="wall-time limit of the distillation (default 180; quick 3)")
     ap.add_argument("--timed-steps", type=int, help="timed outer steps per dataset after the warm-up (default 2; quick 1)")
     ap.add_argument("--eval-runs", type=int, help="networks retrained per evaluated set (default 2; quick 1)")
+    ap.add_argument("--budget-seconds", type=float, help="shorten the distillation so the whole check ends "
+                    "within this many seconds (default 450; quick and 0: never shorten)")
     ap.add_argument("--test-timeout", type=float, default=300.0, help="seconds allowed to the pytest run")
     ap.add_argument("--skip", default="", help="comma-separated sections not to run (tests, peak_rates, "
                                                  "outer_step, distillation)")
     args = ap.parse_args(argv)
     args.distill_seconds = args.distill_seconds if args.distill_seconds is not None else (3.0 if args.quick else 180.0)
+    args.budget_seconds = args.budget_seconds if args.budget_seconds is not None else (0.0 if args.quick else 450.0)
     args.timed_steps = args.timed_steps or (1 if args.quick else 2)
     args.eval_runs = args.eval_runs or (1 if args.quick else 2)
     return args
+
+
+def distill_limit(args: argparse.Namespace, elapsed: float) -> float:
+    """``--distill-seconds``, shortened (to 30 s at least) when the sections before it ran
+    so long that the whole check would pass ``--budget-seconds`` (``EVAL_RESERVE`` seconds
+    are kept for the evaluation after it)."""
+    if args.budget_seconds <= 0:
+        return args.distill_seconds
+    return min(args.distill_seconds, max(30.0, args.budget_seconds - elapsed - EVAL_RESERVE))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -497,8 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         ("tests", lambda: run_tests(cuda_tests(ROOT / "tests"), root, args.test_timeout)),
         ("peak_rates", lambda: peak_rates(device, args.quick)),
         ("outer_step", lambda: outer_steps(device, root, args.quick, args.timed_steps)),
-        ("distillation", lambda: distill_and_evaluate(device, root, args.quick, args.distill_seconds,
-                                                      args.eval_runs)),
+        ("distillation", lambda: distill_and_evaluate(
+            device, root, args.quick, distill_limit(args, time.perf_counter() - started), args.eval_runs)),
     ]
     for name, run in sections:
         if name in skip:
@@ -508,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             result[name] = run()
+            if name == "distillation":
+                result[name]["time_limit_requested_seconds"] = args.distill_seconds
         except Exception as exc:  # noqa: BLE001 (recorded; the other sections still run)
             result[name] = None
             result["errors"][name] = "".join(traceback.format_exception(exc))[-4000:]
@@ -517,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         result["total_seconds"] = time.perf_counter() - started
         atomic_write_json(out_path, result)
     result["complete"] = True
+    result["total_seconds"] = time.perf_counter() - started
     atomic_write_json(out_path, result)
     print(f"gpu_check: wrote {out_path} in {result['total_seconds']:.0f} s"
           + (f"; failed sections: {', '.join(result['errors'])}" if result["errors"] else ""), file=sys.stderr)

@@ -118,3 +118,13 @@ def test_nominal_rates_match_device_names_most_specific_first():
     names = [p for p, *_ in check.NOMINAL_TFLOPS]
     for i, a in enumerate(names):  # a pattern listed later must not contain an earlier one
         assert not any(b.lower() in a.lower() for b in names[:i]), a
+
+
+def test_the_distillation_is_shortened_only_to_keep_the_whole_check_in_its_budget():
+    args = check.parse_args(["--device", "cpu"])
+    assert (args.distill_seconds, args.budget_seconds) == (180.0, 450.0)
+    assert check.distill_limit(args, elapsed=100.0) == 180.0  # 100 + 180 + 60 s of evaluation fit in 450
+    assert check.distill_limit(args, elapsed=300.0) == 90.0
+    assert check.distill_limit(args, elapsed=440.0) == 30.0  # never below 30 s
+    quick = check.parse_args(["--device", "cpu", "--quick"])
+    assert check.distill_limit(quick, elapsed=1e6) == quick.distill_seconds == 3.0
