@@ -5,8 +5,8 @@ it reaches, and a short MNIST distillation with its evaluation, all in one JSON 
     python bench/gpu_check.py --device cuda                 # a CUDA machine, under 8 minutes
     python bench/gpu_check.py --device cpu --quick --out /tmp/g.json   # the same path in CI
 
-Sections (each also times itself; a section that raises is recorded with its error and the
-others still run; the script then exits 1):
+Sections (each also times itself; a section, or a part of one, that raises is recorded
+with its error and the rest still runs; the script then exits 1, as when a test fails):
 
 * ``machine``: torch, CUDA and cuDNN versions, device name and memory, CPU count, the
   TF32 flags in force, date, git commit.
@@ -84,6 +84,18 @@ STANDIN_IMAGES = {False: 10_000, True: 500}  # per run size of the 3 x 32 x 32 s
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def error_text(exc: BaseException) -> str:
+    """The end of ``exc``'s traceback, for the JSON."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
+
+
+def nested_errors(section: Any) -> dict[str, str]:
+    """``{part: error}`` of the parts of a section that recorded their own failure."""
+    if not isinstance(section, dict):
+        return {}
+    return {k: v["error"] for k, v in section.items() if isinstance(v, dict) and "error" in v}
 
 
 def git_state() -> dict[str, Any]:
@@ -377,28 +389,31 @@ def outer_steps(device: torch.device, root: Path, quick: bool, timed: int) -> di
     out = {}
     steps = 3 if quick else 150
     for name in ("mnist", "standin_3x32x32"):
-        if name == "mnist":
-            train = load_dataset("mnist", "train", root=root)
-            if quick:
-                train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:2000])
-        else:
-            train = standin_dataset(STANDIN_IMAGES[quick])
-        distiller = distiller_for(name, train, device, quick, steps)
-        out[name] = time_outer_steps(distiller, device, timed)
-        out[name]["train_images"] = len(distiller.train)
-        del distiller, train
+        try:  # one dataset's failure keeps the other's numbers
+            if name == "mnist":
+                train = load_dataset("mnist", "train", root=root)
+                if quick:
+                    train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:2000])
+            else:
+                train = standin_dataset(STANDIN_IMAGES[quick])
+            distiller = distiller_for(name, train, device, quick, steps)
+            out[name] = time_outer_steps(distiller, device, timed)
+            out[name]["train_images"] = len(distiller.train)
+        except Exception as exc:  # noqa: BLE001 (recorded; main() reports it)
+            out[name] = {"error": error_text(exc)}
+        train = distiller = None  # free the device before the next dataset
         reset_peak_memory(device)
     return out
 
 
 def add_fractions(result: dict[str, Any]) -> None:
     """Each outer step's achieved rate as a fraction of every measured and nominal rate."""
-    rates = result.get("peak_rates", {})
+    rates = result.get("peak_rates") or {}
     refs = dict(rates.get("measured_tflops", {}))
     for key, value in (rates.get("nominal_tflops") or {}).items():
         if isinstance(value, float):
             refs[f"nominal_{key}"] = value
-    for cell in result.get("outer_step", {}).values():
+    for cell in (result.get("outer_step") or {}).values():
         if isinstance(cell, dict) and "achieved_tflops" in cell:
             cell["fraction_of"] = {k: cell["achieved_tflops"] / v for k, v in refs.items() if v > 0}
 
@@ -432,8 +447,12 @@ def distill_and_evaluate(device: torch.device, root: Path, quick: bool, seconds:
     }
     ipc = max(1, int(distiller.config.memory.budget_ipc))
     x, y = distiller.label_space.class_examples(res.memory)
-    start = starting_point(distiller.config, train, device)
-    out["evaluation"] = evaluate_sets(distiller, test, device, runs, ipc, {"memory": (x, y), "starting_point": start})
+    try:  # a failing evaluation keeps the distillation's numbers
+        start = starting_point(distiller.config, train, device)
+        out["evaluation"] = evaluate_sets(distiller, test, device, runs, ipc,
+                                          {"memory": (x, y), "starting_point": start})
+    except Exception as exc:  # noqa: BLE001 (recorded; main() reports it)
+        out["evaluation"] = {"error": error_text(exc)}
     return out
 
 
@@ -526,8 +545,12 @@ def main(argv: list[str] | None = None) -> int:
                 result[name]["time_limit_requested_seconds"] = args.distill_seconds
         except Exception as exc:  # noqa: BLE001 (recorded; the other sections still run)
             result[name] = None
-            result["errors"][name] = "".join(traceback.format_exception(exc))[-4000:]
-            print(f"gpu_check: {name} failed: {exc!r}", file=sys.stderr, flush=True)
+            result["errors"][name] = error_text(exc)
+        for part, error in nested_errors(result[name]).items():
+            result["errors"][f"{name}.{part}"] = error
+        for part, error in result["errors"].items():
+            if part.split(".")[0] == name:
+                print(f"gpu_check: {part} failed:\n{error}", file=sys.stderr, flush=True)
         result["section_seconds"][name] = time.perf_counter() - t0
         add_fractions(result)
         result["total_seconds"] = time.perf_counter() - started

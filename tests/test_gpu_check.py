@@ -128,3 +128,19 @@ def test_the_distillation_is_shortened_only_to_keep_the_whole_check_in_its_budge
     assert check.distill_limit(args, elapsed=440.0) == 30.0  # never below 30 s
     quick = check.parse_args(["--device", "cpu", "--quick"])
     assert check.distill_limit(quick, elapsed=1e6) == quick.distill_seconds == 3.0
+
+
+def test_a_failing_part_is_recorded_and_the_rest_still_measured(data_root, tmp_path, monkeypatch):
+    def broken(n):
+        raise RuntimeError("no stand-in today")
+
+    monkeypatch.setattr(check, "standin_dataset", broken)
+    out = tmp_path / "g.json"
+    rc = check.main(["--device", "cpu", "--quick", "--out", str(out), "--data", str(data_root),
+                     "--skip", "tests,peak_rates,distillation"])
+    rec = json.loads(out.read_text())
+    assert rc == 1 and rec["complete"] is True
+    assert list(rec["errors"]) == ["outer_step.standin_3x32x32"] and "no stand-in today" in rec["errors"][
+        "outer_step.standin_3x32x32"]
+    _positive(rec, "outer_step", "mnist", "seconds_per_step")
+    assert rec["distillation"] == {"skipped": "--skip"}
