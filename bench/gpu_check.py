@@ -25,9 +25,9 @@ with its error and the rest still runs; the script then exits 1, as when a test 
   achieved rate and its fraction of each measured and nominal rate.
 * ``distillation``: the ``paper`` preset on MNIST for ``--distill-seconds`` of wall time
   (``Distiller.run(time_limit=...)``; shortened, to 30 s at least, when the sections
-  before it took so long that the check would pass ``--budget-seconds``), then the memory, its starting point, random real
-  images and herding at equal storage, each retrained ``--eval-runs`` times and tested
-  on MNIST's test split.
+  before it took so long that the check would pass ``--budget-seconds``), then the
+  memory, its starting point, random real images and herding at equal storage, each
+  retrained ``--eval-runs`` times and tested on MNIST's test split.
 
 ``--quick`` shrinks everything (T = 3, width 16, no ZCA, seconds of distillation, a
 test subset) so that the whole script runs in well under a minute on one CPU core. The JSON is
@@ -484,7 +484,7 @@ def default_out(device: torch.device, quick: bool) -> Path:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default: cuda; fails without CUDA)")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: the CI smoke run (about a minute on one core)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: the CI smoke run (about half a minute on one core)")
     ap.add_argument("--out", help="the JSON file (default: docs/bench/gpu_check_<device>[_quick].json)")
     ap.add_argument("--data", help="folder holding MNIST/ (default: $MEMDISTILL_DATA, else ../shared/data)")
     ap.add_argument("--distill-seconds", type=float, help="wall-time limit of the distillation (default 180; quick 3)")
@@ -519,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(args.out) if args.out else default_out(device, args.quick)
     started = time.perf_counter()
     result: dict[str, Any] = {
-        "script": "bench/gpu_check.py", "command": "python bench/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "script": "bench/gpu_check.py",
+        "command": "python bench/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_state(),
         "device": str(device), "quick": args.quick, "data": str(root), "complete": False,
         "errors": {}, "section_seconds": {},
