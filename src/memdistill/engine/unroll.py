@@ -15,8 +15,9 @@ All modes are derived from one pure step function
   backwards (reverse-mode in the style of Maclaurin et al. 2015). Memory grows with
   ``T`` x (parameters + optimiser state) by default; a sparser schedule
   (:class:`~.schedule.Checkpoints`: every ``k``-th state, or at most ``n`` states)
-  recomputes the states it did not keep, for the same result. Since the backward pass differentiates the
-  same step function, any differentiable optimiser or augmentation is handled correctly.
+  recomputes the states it did not keep, for the same result. Since the backward pass
+  differentiates the same step function, any differentiable optimiser or augmentation
+  is handled correctly.
 - ``window``: back-propagate only through the last ``window`` steps (truncated BPTT;
   random truncation is the caller drawing the unroll length ``N`` in ``[W, T]``).
 
@@ -288,6 +289,7 @@ def _checkpointed(memory: Tensors, recall: Recall, start: tuple[Tensors, Tensors
     state_bytes = sum(x.numel() * x.element_size() for x in cur)
     schedule = checkpoints.schedule(W, state_bytes)
     kept: list[tuple[int, torch.Tensor]] = [(0, _pack(cur))]  # (window position, packed state)
+    del cur  # kept packed: do not hold it twice
 
     mem = _leaves(memory)
     acc = [torch.zeros_like(m) for m in mem]
