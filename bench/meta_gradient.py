@@ -179,9 +179,9 @@ def main() -> None:
     ap.add_argument("--schedules", help=f"compare checkpoint schedules instead of checkpointed vs full: "
                     f"a comma-separated list of {SCHEDULES}; its own doc block")
     ap.add_argument("--arch", default="convnet", help="the inner network (--schedules only)")
-    ap.add_argument("--n-per-class", type=int, default=10, help="recalled examples per class per inner step")
-    ap.add_argument("--real-per-class", type=int, default=64, help="real images per class of the outer loss")
-    ap.add_argument("--device", default="cpu", help="cuda: peak memory is torch.cuda.max_memory_allocated")
+    ap.add_argument("--n-per-class", type=int, default=10, help="recalled examples per class per inner step (--schedules only)")
+    ap.add_argument("--real-per-class", type=int, default=64, help="real images per class of the outer loss (--schedules only)")
+    ap.add_argument("--device", default="cpu", help="--schedules only; cuda: peak memory is torch.cuda.max_memory_allocated")
     args = ap.parse_args()
     if args.cell:
         mode, steps, budget, *schedule = args.cell.split(":", 3)
