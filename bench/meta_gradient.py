@@ -28,31 +28,102 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
-def one_cell(mode: str, steps: int, budget: float, width: int, iterations: int) -> dict:
+SCHEDULES = "dense (every state kept), auto (every ceil(sqrt(T))-th), every:K, mb:M (at most M MiB of states)"
+
+
+def schedule_flags(schedule: str) -> dict:
+    """The ``outer`` options of a checkpoint schedule named as in :data:`SCHEDULES`."""
+    name, _, value = schedule.partition(":")
+    if name == "dense":
+        return {}
+    if name == "auto":
+        return {"checkpoint_segment": 0}
+    if name == "every":
+        return {"checkpoint_segment": int(value)}
+    if name == "mb":
+        return {"checkpoint_memory_mb": float(value)}
+    raise SystemExit(f"unknown schedule {schedule!r}; valid: {SCHEDULES}")
+
+
+def one_cell(mode: str, steps: int, budget: float, width: int, iterations: int, schedule: str = "dense",
+             arch: str = "convnet", n_per_class: int = 10, real_per_class: int = 64, device: str = "cpu") -> dict:
     from memdistill.config import resolve
     from memdistill.data import load_dataset
     from memdistill.distill import Distiller
 
-    # the reference (``paper``) protocol, at this cell's width, unroll and budget
+    # the reference (``paper``) protocol, at this cell's network, unroll, budget and schedule
     cfg = resolve("paper", "mnist", budget, flags={
+        "device": device,
         "memory": {"num_bases": 16, "downsample": 2},
-        "inner": {"width": width, "steps": steps, "n_per_class": 10, "augment": "none"},
-        "outer": {"unroll": mode, "real_per_class": 64},
+        "inner": {"arch": arch, "width": width, "steps": steps, "n_per_class": n_per_class, "augment": "none"},
+        "outer": {"unroll": mode, "real_per_class": real_per_class, **schedule_flags(schedule)},
     }, flags_source="bench")
     d = Distiller(cfg, load_dataset("mnist", "train"))
     mem = d.new_memory()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for it in range(iterations):
         t0 = time.perf_counter()
-        d.meta_step(mem, it)
+        d.meta_step(mem, it)  # reads the losses back once, at its end
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"mode": mode, "steps": steps, "budget_ipc": budget, "width": width,
+    return {"mode": mode, "steps": steps, "budget_ipc": budget, "width": width, "arch": arch,
+            "schedule": schedule, "n_per_class": n_per_class, "real_per_class": real_per_class,
             "seconds_per_iteration": min(times), "all_seconds": times,
             "seconds_per_inner_step": min(times) / steps,
             "peak_rss_gb": peak / 1024**2, "rss_before_gb": base_rss / 1024**2,
+            "peak_cuda_gb": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
             "slots": mem.slots}
+
+
+def schedule_table(args) -> None:
+    """Peak memory and time of each checkpoint schedule at each T (``--schedules``), each
+    cell in a fresh process: its own ``ru_maxrss`` (or CUDA peak). Writes
+    docs/bench/meta_gradient_memory[_TAG].json and the matching block of BENCHMARKS.md."""
+    from _report import DOCS, machine, replace_block, today
+    from memdistill._io import atomic_write_json
+
+    cells = []
+    for steps in [int(s) for s in args.steps.split(",")]:
+        for schedule in args.schedules.split(","):
+            cmd = [sys.executable, __file__, "--cell", f"checkpointed:{steps}:{args.budgets.split(',')[0]}:{schedule}",
+                   "--width", str(args.width), "--iterations", str(args.iterations), "--arch", args.arch,
+                   "--n-per-class", str(args.n_per_class), "--real-per-class", str(args.real_per_class),
+                   "--device", args.device]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            ok = proc.returncode == 0
+            cells.append(json.loads(proc.stdout.strip().splitlines()[-1]) if ok else
+                         {"steps": steps, "schedule": schedule, "skipped": proc.stderr.strip().splitlines()[-1:]})
+            print(json.dumps(cells[-1]), flush=True)
+    command = "python bench/meta_gradient.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        if k not in ("cell", "no_doc", "from_json", "full_max_gb") and not (k == "tag" and not v))
+    res = {"date": today(), "machine": machine(), "command": command, "cells": cells}
+    suffix = f"_{args.tag}" if args.tag else ""
+    if args.no_doc:
+        return
+    atomic_write_json(DOCS / "bench" / f"meta_gradient_memory{suffix}.json", res)
+    peak_key = "peak_cuda_gb" if args.device.startswith("cuda") else "peak_rss_gb"
+    ref = {c["schedule"]: c[peak_key] for c in cells if "skipped" not in c and c["steps"] == min(
+        int(s) for s in args.steps.split(","))}
+    rows = ["| T | schedule | s / outer it | peak GB | peak / same schedule's at the smallest T | before the step GB |",
+            "|---|---|---|---|---|---|"]
+    for c in cells:
+        if "skipped" in c:
+            rows.append(f"| {c['steps']} | {c['schedule']} | failed: {c['skipped']} | - | - | - |")
+            continue
+        base = ref.get(c["schedule"])
+        ratio = f"{c[peak_key] / base:.2f}x" if base else "-"
+        rows.append(f"| {c['steps']} | {c['schedule']} | {c['seconds_per_iteration']:.1f} | {c[peak_key]:.2f} | "
+                    f"{ratio} | {c['rss_before_gb']:.2f} |")
+    body = "\n".join([f"Command: `{command}`  ", f"Machine: {res['machine']}  ", f"Date: {res['date']}.", "",
+                      *rows, "", f"Raw numbers: `docs/bench/meta_gradient_memory{suffix}.json`."])
+    key = "meta-gradient-memory" + (f"-{args.tag}" if args.tag else "")
+    replace_block(DOCS / "BENCHMARKS.md", key, body, "Meta-gradient: peak memory of checkpoint schedules"
+                  + (f" ({args.tag})" if args.tag else ""))
 
 
 def flops_per_iteration(width: int) -> tuple[float, float]:
@@ -105,13 +176,24 @@ def main() -> None:
     ap.add_argument("--no-doc", action="store_true")
     ap.add_argument("--from-json", action="store_true",
                     help="reuse the cells of docs/bench/meta_gradient.json; recount FLOPs and rewrite the doc")
+    ap.add_argument("--schedules", help=f"compare checkpoint schedules instead of checkpointed vs full: "
+                    f"a comma-separated list of {SCHEDULES}; its own doc block")
+    ap.add_argument("--arch", default="convnet", help="the inner network (--schedules only)")
+    ap.add_argument("--n-per-class", type=int, default=10, help="recalled examples per class per inner step (--schedules only)")
+    ap.add_argument("--real-per-class", type=int, default=64, help="real images per class of the outer loss (--schedules only)")
+    ap.add_argument("--device", default="cpu", help="--schedules only; cuda: peak memory is torch.cuda.max_memory_allocated")
     args = ap.parse_args()
     if args.cell:
-        mode, steps, budget = args.cell.split(":")
-        print(json.dumps(one_cell(mode, int(steps), float(budget), args.width, args.iterations)))
+        mode, steps, budget, *schedule = args.cell.split(":", 3)
+        print(json.dumps(one_cell(mode, int(steps), float(budget), args.width, args.iterations,
+                                  schedule[0] if schedule else "dense", args.arch, args.n_per_class,
+                                  args.real_per_class, args.device)))
         return
 
     sys.path.insert(0, str(HERE))
+    if args.schedules:
+        schedule_table(args)
+        return
     from _report import DOCS, machine, replace_block, today
     from memdistill._io import atomic_write_json
 
@@ -144,7 +226,8 @@ def main() -> None:
             c["achieved_gflops"] = c["gflop_per_iteration"] / c["seconds_per_iteration"]
     command = "python bench/meta_gradient.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-        if k not in ("cell", "no_doc", "from_json") and not (k == "tag" and not v))
+        if k not in ("cell", "no_doc", "from_json", "schedules", "arch", "n_per_class", "real_per_class", "device")
+        and not (k == "tag" and not v))
     res = {"date": today(), "machine": machine(), "command": command, "conv_gflops": rate,
            "gflop_per_inner_step": per_step / 1e9, "gflop_constant": const / 1e9, "cells": cells}
     if args.no_doc:

@@ -79,6 +79,12 @@ class OuterConfig:
     unroll: str = "checkpointed"  # checkpointed | full
     window: int = 0  # back-propagate through the last W steps (0: all)
     random_truncation: bool = False  # unroll to N ~ U[W, T] (RaT-BPTT)
+    # which inner states the checkpointed reverse pass keeps (same result; docs/CONFIG.md):
+    # every k-th, recomputing the rest (1: all of them, no recomputation; 0: k = ceil(sqrt(W)));
+    # or, with checkpoint_memory_mb > 0, as many as fit in that many MiB (a binomial schedule:
+    # memory flat in the unroll length)
+    checkpoint_segment: int = 1
+    checkpoint_memory_mb: float = 0.0
     max_failures: int = 3  # consecutive NaN/Inf meta-gradients before a rollback
     meta_batch: int = 1  # inner unrolls per outer step, spread over the ranks of a torchrun job
     split_classes: bool = False  # every rank takes part in every unroll, on its share of the classes
@@ -183,6 +189,7 @@ class DistillConfig:
             (self.outer.unroll in UNROLL_MODES, f"outer.unroll must be one of {', '.join(UNROLL_MODES)}"),
             (0 <= self.outer.window <= self.inner.steps, f"outer.window must be in [0, inner.steps={self.inner.steps}]"),
             (not self.outer.random_truncation or self.outer.window > 0, "outer.random_truncation needs outer.window > 0"),
+            *self._checkpoint_checks(),
             (self.outer.real_per_class >= 1, "outer.real_per_class must be >= 1"),
             (self.outer.clip >= 0, "outer.clip must be >= 0 (0 disables clipping)"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
@@ -199,6 +206,21 @@ class DistillConfig:
             if not ok:
                 raise ConfigError(msg)
         return self
+
+    def _checkpoint_checks(self) -> list[tuple[bool, str]]:
+        oc = self.outer
+        sparse = oc.checkpoint_segment != 1 or oc.checkpoint_memory_mb != 0
+        return [
+            (oc.checkpoint_segment >= 0, "outer.checkpoint_segment must be >= 1 (keep every k-th inner state), "
+             f"or 0 (k = ceil(sqrt(W))), got {oc.checkpoint_segment}"),
+            (math.isfinite(oc.checkpoint_memory_mb) and oc.checkpoint_memory_mb >= 0,
+             f"outer.checkpoint_memory_mb must be >= 0 (0: off), got {oc.checkpoint_memory_mb}"),
+            (oc.checkpoint_segment == 1 or oc.checkpoint_memory_mb == 0,
+             "set outer.checkpoint_segment or outer.checkpoint_memory_mb, not both (the memory budget "
+             "chooses the schedule itself)"),
+            (oc.unroll == "checkpointed" or not sparse,
+             "outer.checkpoint_segment / outer.checkpoint_memory_mb need outer.unroll=checkpointed"),
+        ]
 
     def _pool_checks(self) -> list[tuple[bool, str]]:
         oc = self.outer

@@ -18,7 +18,7 @@ import torch
 from ..config import DistillConfig
 from ..data import ImageDataset
 from ..distributed import DistContext, sum_over_ranks
-from ..engine import ClassSplit, InnerOptimizer, draw_plans, meta_gradient
+from ..engine import Checkpoints, ClassSplit, InnerOptimizer, draw_plans, meta_gradient
 from ..errors import ConfigError
 from ..labels import LabelSpace
 from ..memory import Memory
@@ -26,7 +26,7 @@ from ..models import create_model, functional_forward
 from .pool import Member
 
 __all__ = ["StepInputs", "StepResult", "inner_network", "meta_step", "outer_gradient", "class_share",
-           "check_class_split"]
+           "check_class_split", "checkpoint_schedule"]
 
 Tensors = tuple[torch.Tensor, ...]
 
@@ -179,10 +179,21 @@ def meta_step(inputs: StepInputs, memory: Memory, g: torch.Generator, split: boo
         outer_loss = _weighted(outer_loss, outer_weight)
     res = meta_gradient(memory.parameters(), space.recall_rows(memory, inputs.augment), forward, init,
                         inputs.inner_optimizer, plans, outer_loss, mode=oc.unroll, window=window, split=shares,
-                        init_state=init_state)
+                        init_state=init_state, checkpoints=checkpoint_schedule(inputs.config))
     grads = list(res.grads)
     _coefficient_penalty(inputs, memory, grads, split)
-    return StepResult(float(res.loss), tuple(grads), res.inner_losses, None if member is None else [res.final])
+    # the unroll's one read-back to the host: the outer loss and the inner losses
+    return StepResult(float(res.loss), tuple(grads), res.inner_losses.tolist(),
+                      None if member is None else [res.final])
+
+
+def checkpoint_schedule(config: DistillConfig) -> Checkpoints:
+    """The checkpoint schedule of the unroll (``outer.checkpoint_segment`` /
+    ``outer.checkpoint_memory_mb``)."""
+    oc = config.outer
+    if oc.checkpoint_memory_mb > 0:
+        return Checkpoints(memory_mb=oc.checkpoint_memory_mb)
+    return Checkpoints(every="auto" if oc.checkpoint_segment == 0 else oc.checkpoint_segment)
 
 
 def outer_gradient(step: Callable[..., StepResult], memory: Memory, iteration: int, meta_batch: int,

@@ -2,9 +2,11 @@
 
 from .optim import INNER_OPTIMIZERS, InnerAdam, InnerOptimizer, InnerSGD, create_inner_optimizer
 from .plan import draw_plans, memory_recall
+from .schedule import Checkpoints
 from .unroll import UNROLL_MODES, ClassSplit, MetaGradient, inner_loss, inner_step, meta_gradient
 
 __all__ = [
+    "Checkpoints",
     "INNER_OPTIMIZERS",
     "InnerAdam",
     "InnerOptimizer",

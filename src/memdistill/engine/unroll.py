@@ -13,8 +13,11 @@ All modes are derived from one pure step function
   reverse pass recomputes each step with a graph and takes its vector-Jacobian product,
   carrying the adjoints of parameters *and* optimiser state (momentum, Adam moments)
   backwards (reverse-mode in the style of Maclaurin et al. 2015). Memory grows with
-  ``T`` x (parameters + optimiser state). Since the backward pass differentiates the
-  same step function, any differentiable optimiser or augmentation is handled correctly.
+  ``T`` x (parameters + optimiser state) by default; a sparser schedule
+  (:class:`~.schedule.Checkpoints`: every ``k``-th state, or at most ``n`` states)
+  recomputes the states it did not keep, for the same result. Since the backward pass
+  differentiates the same step function, any differentiable optimiser or augmentation
+  is handled correctly.
 - ``window``: back-propagate only through the last ``window`` steps (truncated BPTT;
   random truncation is the caller drawing the unroll length ``N`` in ``[W, T]``).
 
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .optim import InnerOptimizer
+from .schedule import Checkpoints, Schedule
 
 __all__ = ["ClassSplit", "MetaGradient", "inner_loss", "inner_step", "meta_gradient", "UNROLL_MODES"]
 
@@ -85,7 +89,9 @@ class MetaGradient:
             the contributions of the processes taking part in the unroll: one process
             alone contributes the whole gradient; with a :class:`ClassSplit` the caller
             sums them over the processes.
-        inner_losses: the training loss of each inner step (with a split: summed).
+        inner_losses: ``(T,)``, the training loss of each inner step (with a split:
+            summed), detached, on the unroll's device: the unroll never reads a value
+            back to the host (``.tolist()`` it once per outer step).
         steps: ``T``, the unroll length.
         backprop_steps: ``W``, the steps differentiated through.
         final: ``(params, opt_state)`` of the inner network after the unroll (detached):
@@ -94,7 +100,7 @@ class MetaGradient:
 
     loss: torch.Tensor
     grads: Tensors
-    inner_losses: list[float]
+    inner_losses: torch.Tensor
     steps: int
     backprop_steps: int
     final: tuple[Tensors, Tensors] | None = None
@@ -154,6 +160,7 @@ def meta_gradient(
     window: int | None = None,
     split: ClassSplit | None = None,
     init_state: Sequence[torch.Tensor] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> MetaGradient:
     """Gradient of the outer loss after ``len(plans)`` inner steps w.r.t. ``memory``.
 
@@ -173,17 +180,22 @@ def meta_gradient(
             see :class:`ClassSplit` and :class:`MetaGradient` for what is returned.
         init_state: the optimiser state the unroll starts from (``None``:
             ``optimizer.init(init_params)``, a fresh optimiser).
+        checkpoints: which states the checkpointed reverse pass keeps
+            (:class:`~.schedule.Checkpoints`; ``None``: all of them, no recomputation);
+            any schedule gives the same result.
     """
     W, weights = _check_unroll(mode, len(plans), window, split)
     memory = tuple(memory)
     start = _start(init_params, init_state, optimizer)
     if mode == "full":
+        if checkpoints is not None and checkpoints != Checkpoints():
+            raise ConfigError("a checkpoint schedule needs mode 'checkpointed' (mode 'full' keeps every graph)")
         return _full(memory, recall, forward, start, optimizer, plans, outer_loss, W)
     if split is None:
         rule: _StepRule = _WholeBatch(forward, optimizer)
     else:
         rule = _SplitBatch(forward, optimizer, split.reduce, weights)
-    return _checkpointed(memory, recall, start, plans, outer_loss, W, rule)
+    return _checkpointed(memory, recall, start, plans, outer_loss, W, rule, checkpoints or Checkpoints())
 
 
 def _start(init_params, init_state, optimizer: InnerOptimizer) -> tuple[Tensors, Tensors]:
@@ -222,22 +234,23 @@ def _full(memory, recall, forward, start, optimizer, plans, outer_loss, W) -> Me
     """Plain autograd through the last ``W`` steps (the reference)."""
     T = len(plans)
     params, state = start
-    inner_losses: list[float] = []
+    inner_losses: list[torch.Tensor] = []
     frozen = tuple(m.detach() for m in memory)
     for t in range(T - W):  # steps before the window: plain training, no graph to the memory
         with torch.no_grad():
             batch = recall(frozen, plans[t])
         params, state, loss = inner_step(params, state, batch, forward, optimizer, create_graph=False)
         params, state = _leaves(params), _leaves(state)
-        inner_losses.append(float(loss))
+        inner_losses.append(loss)
     mem = _leaves(memory)
     for t in range(T - W, T):
         params, state, loss = inner_step(params, state, recall(mem, plans[t]), forward, optimizer, create_graph=True)
-        inner_losses.append(float(loss))
+        inner_losses.append(loss)
     out = outer_loss(params)
     grads = torch.autograd.grad(out, mem, allow_unused=True)
     final = (tuple(p.detach() for p in params), tuple(s.detach() for s in state))
-    return MetaGradient(out.detach(), tuple(_zero(g, m) for g, m in zip(grads, mem)), inner_losses, T, W, final)
+    return MetaGradient(out.detach(), tuple(_zero(g, m) for g, m in zip(grads, mem)), torch.stack(inner_losses), T, W,
+                        final)
 
 
 class _StepRule(Protocol):
@@ -261,43 +274,83 @@ class _StepRule(Protocol):
 
 
 def _checkpointed(memory: Tensors, recall: Recall, start: tuple[Tensors, Tensors], plans, outer_loss, W: int,
-                  rule: _StepRule) -> MetaGradient:
-    """Forward through the unroll keeping ``(params, opt_state)`` of the last ``W`` steps
-    only, packed into one flat buffer per step (one allocation instead of dozens);
-    then backwards, recompute each step with a graph and take its vector-Jacobian
-    product, carrying the adjoints of the parameters *and* the optimiser state."""
+                  rule: _StepRule, checkpoints: Checkpoints) -> MetaGradient:
+    """Forward through the unroll keeping the states ``(params, opt_state)`` of the last
+    ``W`` steps that ``checkpoints`` chooses (all of them by default), each packed into
+    one flat buffer (one allocation instead of dozens); then backwards, recompute each
+    step with a graph (and, first, its state from the nearest kept one where it was not
+    kept) and take its vector-Jacobian product, carrying the adjoints of the parameters
+    *and* the optimiser state. The first pass through each step records its loss."""
     T = len(plans)
-    frozen = tuple(m.detach() for m in memory)
-    params, state = start
-    layout = [(t.shape, t.dtype) for t in params + state]
-    n_p = len(params)
-    saved: list[torch.Tensor] = []
-    inner_losses: list[float] = []
-    for t in range(T):
-        if t >= T - W:
-            saved.append(_pack(params + state))
-        with torch.no_grad():
-            batch = recall(frozen, plans[t])
-        params, state, loss = rule.step(params, state, batch, t)
-        params, state = _leaves(params), _leaves(state)
-        inner_losses.append(float(loss))
+    sweep = _Sweep(memory, recall, plans, rule, start)
+    cur = sweep.start
+    for t in range(T - W):  # steps before the window: plain training, nothing kept
+        cur = sweep.advance(cur, t)
+    state_bytes = sum(x.numel() * x.element_size() for x in cur)
+    schedule = checkpoints.schedule(W, state_bytes)
+    kept: list[tuple[int, torch.Tensor]] = [(0, _pack(cur))]  # (window position, packed state)
+    del cur  # kept packed: do not hold it twice
 
-    final = _leaves(params)
-    ends = (tuple(p.detach() for p in params), tuple(s.detach() for s in state))
-    adj_params, out = rule.outer(outer_loss(final), final)
-    adj_state: Tensors = tuple(torch.zeros_like(s) for s in state)
     mem = _leaves(memory)
     acc = [torch.zeros_like(m) for m in mem]
+    adj_params: Tensors = ()
+    adj_state: Tensors = ()
     for k in range(W - 1, -1, -1):
-        unpacked = _leaves(_unpack(saved[k], layout))
-        saved[k] = None  # type: ignore[call-overload]  # free as we go
+        cur = sweep.recover(kept, k, T - W, schedule)
         t = T - W + k
-        adj_params, adj_state, g_mem = rule.reverse(unpacked[:n_p], unpacked[n_p:], recall(mem, plans[t]), mem,
+        if k == W - 1:  # the last step: finish the forward pass, seed the adjoints
+            end = sweep.advance(cur, t)
+            final = end[: sweep.n_p]
+            ends = (tuple(p.detach() for p in final), tuple(s.detach() for s in end[sweep.n_p :]))
+            adj_params, out = rule.outer(outer_loss(final), final)
+            adj_state = tuple(torch.zeros_like(s) for s in end[sweep.n_p :])
+            del end
+        adj_params, adj_state, g_mem = rule.reverse(cur[: sweep.n_p], cur[sweep.n_p :], recall(mem, plans[t]), mem,
                                                     adj_params, adj_state, t)
         for i, gi in enumerate(g_mem):
             if gi is not None:
                 acc[i] += gi
-    return MetaGradient(out, tuple(acc), inner_losses, T, W, ends)
+    return MetaGradient(out, tuple(acc), torch.stack(sweep.losses), T, W, ends)
+
+
+class _Sweep:
+    """Forward steps of the checkpointed unroll without a graph to the memory, and the
+    recovery of a state from the nearest kept one (:class:`.schedule.Schedule`)."""
+
+    def __init__(self, memory: Tensors, recall: Recall, plans, rule: _StepRule, start: tuple[Tensors, Tensors]):
+        self.frozen = tuple(m.detach() for m in memory)
+        self.recall, self.plans, self.rule = recall, plans, rule
+        self.start = start[0] + start[1]
+        self.n_p = len(start[0])
+        self.layout = [(x.shape, x.dtype) for x in self.start]
+        self.losses: list[torch.Tensor] = []  # device tensors: no host synchronisation per step
+
+    def advance(self, cur: Tensors, t: int) -> Tensors:
+        """The state after step ``t`` from the state ``cur`` before it (fresh leaves)."""
+        with torch.no_grad():
+            batch = self.recall(self.frozen, self.plans[t])
+        params, state, loss = self.rule.step(cur[: self.n_p], cur[self.n_p :], batch, t)
+        if t == len(self.losses):  # the first pass through step t
+            self.losses.append(loss)
+        return _leaves(tuple(params) + tuple(state))
+
+    def recover(self, kept: list[tuple[int, torch.Tensor]], k: int, offset: int, schedule: Schedule) -> Tensors:
+        """The state at window position ``k`` (absolute step ``offset + k``): the kept one
+        (then released), else recomputed from the last kept one, keeping on the way the
+        positions ``schedule`` asks for. ``kept`` holds positions ``<= k``, in order."""
+        p, packed = kept[-1]
+        if p == k:
+            kept.pop()
+            return _leaves(_unpack(packed, self.layout))
+        cur = _leaves(_unpack(packed, self.layout))
+        while p < k:
+            q = schedule.next_position(p, k, len(kept))
+            for i in range(p, q):
+                cur = self.advance(cur, offset + i)
+            p = q
+            if p < k:
+                kept.append((p, _pack(cur)))
+        return cur
 
 
 class _WholeBatch:
