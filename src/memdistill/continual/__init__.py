@@ -33,6 +33,7 @@ from .benchmarks import (
 )
 from .strategies import (
     ALL_STRATEGIES,
+    BUDGET_MODES,
     STRATEGIES,
     Strategy,
     StrategyOptions,
@@ -40,15 +41,18 @@ from .strategies import (
     create_strategy,
     list_strategies,
 )
+from .shared import SharedStrategy, save_shared_memory, shared_sizes  # registers "shared"
 
 __all__ = [
     "ALL_STRATEGIES",
     "BENCHMARKS",
+    "BUDGET_MODES",
     "MANY_DATASETS",
     "STRATEGIES",
     "Benchmark",
     "ContinualResult",
     "LearnerConfig",
+    "SharedStrategy",
     "Strategy",
     "StrategyOptions",
     "Task",
@@ -65,5 +69,7 @@ __all__ = [
     "run_comparison",
     "run_continual",
     "save_results",
+    "save_shared_memory",
+    "shared_sizes",
     "split_benchmark",
 ]
