@@ -20,6 +20,7 @@ re-divided as classes arrive, :func:`resize_slots`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from .benchmarks import Benchmark
 from .strategies import STRATEGIES, Strategy, StrategyOptions, auto_num_bases, local_view
 
 __all__ = ["SharedStrategy", "SharedDistiller", "ReplaySource", "shared_sizes", "grow_memory", "resize_slots",
-           "replay_class_weight", "save_shared_memory"]
+           "replay_class_weight", "save_shared_memory", "check_memory_export"]
 
 
 # ------------------------------------------------------------------ sizes
@@ -47,9 +48,12 @@ def shared_sizes(options: StrategyOptions, image_shape: tuple[int, int, int], se
 
     Per-class mode: ``K`` = ``num_bases`` or :func:`auto_num_bases` for ``seen`` classes
     (never fewer than ``previous_bases``), ``r`` by :func:`~memdistill.memory.solve_slots`.
-    Fixed-total mode: ``K`` = ``num_bases`` or the most (at most 16) whose floats take at
-    most half of the total, the same for the whole stream; ``r`` the most slots per class
-    the rest holds: ``(total - K*C*h*w) // (K*seen)``.
+    Fixed-total mode: the stream's final ``K`` is ``num_bases`` or the most (at most 16)
+    whose floats take at most half of the total; with ``seen`` classes the memory has its
+    classes' share of them, ``ceil(K * seen / final_classes)`` (so each task brings bases
+    of its own, as in per-class mode: bases fitted to the first task's classes alone
+    represent later classes poorly), and ``r`` is the most slots per class the rest of the
+    total holds: ``(total - K_seen*C*h*w) // (K_seen*seen)``.
 
     Raises:
         ConfigError: not one slot per class fits (with the smallest budget that does).
@@ -63,7 +67,8 @@ def shared_sizes(options: StrategyOptions, image_shape: tuple[int, int, int], se
         raise ConfigError(f"downsample must be in [1, {min(h, w)}], got {ds}")
     per_basis = c * (h // ds) * (w // ds)
     total = options.total_floats(image_shape, final_classes)
-    k = options.num_bases or max(1, min(16, (total // 2) // per_basis))
+    final = options.num_bases or max(1, min(16, (total // 2) // per_basis))
+    k = max(previous_bases, math.ceil(final * seen / final_classes))
     r = (total - k * per_basis) // (k * seen)
     if r < 1:
         need = k * per_basis + k * seen
@@ -287,6 +292,14 @@ class SharedStrategy(Strategy):
         return self.memory
 
 
+def check_memory_export(benchmark: Benchmark) -> None:
+    """Refuse (:class:`ConfigError`) a benchmark whose shared memory cannot be written as
+    a memory file of one dataset (:func:`save_shared_memory`)."""
+    if not benchmark.class_order or benchmark.name.startswith("many"):
+        raise ConfigError(f"saving the shared memory needs a split benchmark of one dataset; {benchmark.name!r} "
+                          "has no single dataset a memory file could name (evaluate it through the continual run)")
+
+
 def save_shared_memory(path: str | Path, memory: BasesMemory, benchmark: Benchmark,
                        extra: dict[str, Any] | None = None) -> Path:
     """Write a ``shared`` run's final memory as an ordinary memory file of the
@@ -297,10 +310,8 @@ def save_shared_memory(path: str | Path, memory: BasesMemory, benchmark: Benchma
         ConfigError: the benchmark is not a split of one dataset (MANY mixes datasets),
             or the memory does not cover every class.
     """
+    check_memory_export(benchmark)
     order = list(benchmark.class_order)
-    if not order or benchmark.name.startswith("many"):
-        raise ConfigError(f"--save-memory needs a split benchmark of one dataset; {benchmark.name!r} has no single "
-                          "dataset a memory file could name")
     if memory.num_classes != len(order):
         raise ConfigError(f"the memory covers {memory.num_classes} of the {len(order)} classes; save it after the "
                           "last task")
