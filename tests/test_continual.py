@@ -29,7 +29,8 @@ from memdistill.memory import stored_float_budget
 
 # a distillation small enough for tests (seconds per task)
 TINY_DISTILL = {"outer.iterations": 3, "inner.steps": 3, "inner.width": 8, "inner.n_per_class": 4,
-                "outer.real_per_class": 8, "evaluation.epochs": 1, "evaluation.width": 8}
+                "outer.real_per_class": 8, "evaluation.epochs": 1, "evaluation.width": 8,
+                "outer.pool_size": 0}
 
 
 @pytest.fixture(scope="module", autouse=True)
