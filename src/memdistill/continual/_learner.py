@@ -33,7 +33,7 @@ from .benchmarks import Benchmark
 from .strategies import ALL_STRATEGIES, StrategyOptions, create_strategy
 
 __all__ = ["LearnerConfig", "ContinualResult", "run_continual", "run_comparison",
-           "format_table", "save_results", "plot_results"]
+           "format_table", "save_results", "plot_results", "plot_storage"]
 
 
 @dataclass
@@ -271,6 +271,36 @@ def plot_results(results: Sequence[ContinualResult], path: str | Path, title: st
     ax.set_xlabel("tasks learned")
     ax.set_ylabel("accuracy on seen classes (%)")
     ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_storage(results: Sequence[ContinualResult], path: str | Path, title: str | None = None) -> Path:
+    """PNG of the floats stored after each task against the classes seen then, one line
+    per strategy, with each run's budget dashed (Agg canvas; unbounded ``joint`` is left
+    out: it would dwarf the rest)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    budgets = {}
+    for r in results:
+        if r.budget_floats and r.budget_floats[-1] is None:
+            continue
+        ax.plot(r.classes_seen, r.floats_stored, marker="o", label=r.strategy)
+        budgets[(r.budget_mode, tuple(r.budget_floats))] = r.classes_seen
+    for (mode, b), xs in budgets.items():
+        ax.plot(xs, list(b), linestyle="--", color="grey", linewidth=1, label=f"budget ({mode})")
+    ax.set_xlabel("classes seen")
+    ax.set_ylabel("floats stored")
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if title:
