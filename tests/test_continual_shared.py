@@ -332,3 +332,15 @@ def test_saved_shared_memory_rows_follow_the_dataset_class_order(tmp_path):
     for i, o in enumerate((2, 0, 3, 1)):  # benchmark id i is the dataset's class o
         assert torch.allclose(mf.memory.recall(classes=[o])[0], mem.recall(classes=[i])[0])
         assert mf.classes[o] == b.class_names[i]
+
+
+def test_validation_benchmark_holds_out_training_images_and_never_the_test_split():
+    b = _synthetic_benchmark(per_class=20)
+    v = b.validation(fraction=0.25, seed=3)
+    assert v.tasks == b.tasks and v.name == "synthetic (validation)"
+    assert torch.equal(torch.bincount(v.test.labels), torch.full((4,), 5))  # stratified: 5 of 20 per class
+    assert len(v.train) + len(v.test) == len(b.train)
+    both = torch.cat([v.train.images, v.test.images]).flatten(1)
+    assert len(torch.unique(both, dim=0)) == len(b.train)  # disjoint, together the training split
+    assert set(map(tuple, v.test.images.flatten(1).tolist())) <= set(map(tuple, b.train.images.flatten(1).tolist()))
+    assert torch.equal(b.validation(fraction=0.25, seed=3).test.images, v.test.images)

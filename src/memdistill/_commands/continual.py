@@ -56,6 +56,9 @@ def add_arguments(cl: argparse.ArgumentParser) -> None:
     cl.add_argument("--test-per-class", type=int, help="test on this many test images per seen class (default all)")
     cl.add_argument("--tasks", type=int, help="number of tasks of a split benchmark (e.g. 5, 10, 20 for CIFAR-100)")
     cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument("--validation", action="store_true",
+                    help="test on a validation split (10%% of each class's training images, never trained on) "
+                         "instead of the test split: for choosing settings such as --replay-weight")
     cl.add_argument("--out", help="JSON results (default outputs/continual_<benchmark>_ipc<budget>.json)")
     cl.add_argument("--plot", help="PNG plot (default: --out with .png)")
 
@@ -102,6 +105,8 @@ def cmd_continual(args: argparse.Namespace) -> int:
     if user:
         bench_opts["load_options"] = data_load_options(args, args.benchmark[len("split-"):])
     bench = create_benchmark(args.benchmark, **bench_opts)
+    if args.validation:
+        bench = bench.validation(seed=args.seed)
     name = f"split-{Path(bench.train.source['path']).stem}" if user else bench.name  # no folders in a file name
     unit = (f"total{args.budget_total}" if args.budget_total is not None
             else f"totalipc{ipc:g}" if mode == "total" else f"ipc{ipc:g}")
