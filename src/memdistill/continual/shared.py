@@ -213,7 +213,7 @@ class SharedDistiller(Distiller):
                  initial_memory: BasesMemory, class_weight: torch.Tensor | None = None,
                  device: str | torch.device = "cpu") -> None:
         super().__init__(config, current, device=device, initial_memory=initial_memory)
-        source = ReplaySource(self._inputs.real, *recalled)
+        source = ReplaySource(self._inputs.real, recalled[0].to(self.device), recalled[1].to(self.device))
         self._inputs = dataclasses.replace(self._inputs, real=source,
                                            class_index=source.class_index(self.train.num_classes),
                                            class_weight=class_weight)

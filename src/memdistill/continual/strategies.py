@@ -1,17 +1,25 @@
 """What a continual learner keeps of each task: the strategies, under one storage budget.
 
-Every bounded strategy stores at most ``budget_ipc * C*H*W`` floats per class seen (the
-equal-storage rule of METHOD.md, applied per task and summed); :meth:`Strategy.check_fits`
-refuses a budget it cannot keep before any work, :meth:`Strategy.floats_stored` reports
-what it holds, and the learner records it beside the budget after every task. Each
-strategy is a class registered in :data:`STRATEGIES` under its ``name``.
+Two budget modes (:data:`BUDGET_MODES`): ``per-class``, at most ``budget_ipc * C*H*W``
+floats per class seen (the equal-storage rule of METHOD.md, applied per task and summed),
+and ``total``, one number of floats for the whole stream fixed before the first task
+(``budget_ipc * C*H*W * C_final``, or ``budget_total``). :meth:`Strategy.begin` refuses a
+mode or budget a strategy cannot honour before any work, :meth:`Strategy.floats_stored`
+reports what it holds, and the learner records it beside :meth:`Strategy.budget_floats`
+after every task. Each strategy is a class registered in :data:`STRATEGIES` under its
+``name``.
 
-- ``memories`` (ours): each task is distilled into its own ``bases`` memory over the
-  task's classes, under the task's share of the budget; optionally initialised from the
-  previous task's bases (``init_from_previous``). Earlier memories are frozen (their
-  task's data is gone), so the bases are shared within a task, not across tasks.
+- ``shared`` (ours, :mod:`.shared`): one ``bases`` memory for the whole stream, bases
+  shared by every class seen, distilled on each task's data and on recalls of a frozen
+  copy of itself for the earlier classes.
+- ``memories``: each task is distilled into its own ``bases`` memory over the task's
+  classes, under the task's share of the budget; optionally initialised from the previous
+  task's bases (``init_from_previous``, addressing re-solved against them). Earlier
+  memories are frozen (their task's data is gone), so the bases are shared within a task,
+  not across tasks. Per-class budgets only.
 - ``images``: the same with per-class learnable images (the BPTT baseline).
-- ``random`` / ``herding``: ``floor(budget_ipc)`` real exemplars per class.
+- ``random`` / ``herding``: real exemplars per class (``floor(budget_ipc)``, or an even
+  share of the total with eviction, :func:`exemplar_quotas`).
 - ``finetune``: keeps nothing (lower bound); ``joint``: keeps all real data (upper bound,
   unbounded storage).
 """
