@@ -1,22 +1,48 @@
 #!/usr/bin/env bash
-# The runs behind docs/CONTINUAL.md: every strategy on Split MNIST, Split Fashion-MNIST and
-# MANY over MNIST + Fashion-MNIST, at budgets 1 and 10 images per class, with a light CPU
-# setting (cpu-quick with 10 distillation iterations and width-16 networks).
+# The runs behind docs/CONTINUAL.md (issues 6 and 17): every strategy on Split MNIST, Split
+# Fashion-MNIST and MANY over MNIST + Fashion-MNIST, at per-class budgets 1 and 10 images per
+# class and at a fixed total of 1 image per class of the final class count, for 3 class orders
+# (--seed 0 1 2), with a light CPU setting (cpu-quick with 10 distillation iterations and
+# width-16 networks). Then: PYTHONPATH=src python bench/continual_tables.py docs/bench/continual_*_s*.json
 # Usage: bench/continual_docs.sh [a|b|all]   (a and b are two halves that can run side by side)
+# Environment:
+#   SEEDS="0 1 2"      the class orders
+#   DISTILL_SECONDS=S  wall-time limit of each task's distillation, the same for memories,
+#                      images and shared (default: none, the 10 iterations alone decide)
+#   SMOKE=1            a minimal check of the script (Split MNIST, seed 0, both budget modes,
+#                      1 distillation iteration, 5 classifier steps) written to $SMOKE_OUT
+#                      (default /tmp/continual_smoke), never to docs/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src OMP_NUM_THREADS=1
+SEEDS=${SEEDS:-0 1 2}
+OUT=docs/bench IMG=docs/img
 LIGHT=(--preset cpu-quick --iterations 10 --set inner.width=16 --width 16 --steps 150 --batch-size 64
        --test-per-class 200 --strategy all --no-progress)
-run() {  # benchmark budget
-  local stem="continual_${1/:/_}_ipc$2"; stem="${stem/,/+}"
-  nice -n 10 python -m memdistill continual --benchmark "$1" --budget-ipc "$2" "${LIGHT[@]}" \
-    --out "docs/bench/$stem.json" --plot "docs/img/$stem.png"
+if [[ -n ${DISTILL_SECONDS:-} ]]; then LIGHT+=(--distill-seconds "$DISTILL_SECONDS"); fi
+if [[ ${SMOKE:-0} == 1 ]]; then
+  LIGHT=(--preset cpu-quick --iterations 1 --set inner.width=8 --set inner.steps=2 --set outer.pool_size=0
+         --width 8 --steps 5 --batch-size 32 --test-per-class 10 --strategy all --no-progress)
+  SEEDS=0 OUT=${SMOKE_OUT:-/tmp/continual_smoke} IMG=${SMOKE_OUT:-/tmp/continual_smoke}
+fi
+mkdir -p "$OUT" "$IMG"
+run() {  # benchmark budget-flag value seed
+  local unit
+  case $2 in --budget-ipc) unit=ipc$3 ;; --budget-total-ipc) unit=totalipc$3 ;; esac
+  local stem="continual_${1/:/_}_${unit}_s$4"; stem="${stem/,/+}"
+  nice -n 10 python -m memdistill continual --benchmark "$1" "$2" "$3" --seed "$4" "${LIGHT[@]}" \
+    --out "$OUT/$stem.json" --plot "$IMG/$stem.png"
 }
+every_budget() {  # benchmark
+  for s in $SEEDS; do
+    run "$1" --budget-ipc 1 "$s"; run "$1" --budget-ipc 10 "$s"; run "$1" --budget-total-ipc 1 "$s"
+  done
+}
+if [[ ${SMOKE:-0} == 1 ]]; then
+  run split-mnist --budget-ipc 1 0; run split-mnist --budget-total-ipc 1 0
+  python bench/continual_tables.py --img "$IMG" "$OUT"/continual_*_s0.json
+  exit
+fi
 half="${1:-all}"
-if [[ $half == a || $half == all ]]; then
-  run split-mnist 1; run split-mnist 10; run many:mnist,fashion-mnist 1
-fi
-if [[ $half == b || $half == all ]]; then
-  run split-fashion-mnist 1; run split-fashion-mnist 10; run many:mnist,fashion-mnist 10
-fi
+if [[ $half == a || $half == all ]]; then every_budget split-mnist; every_budget many:mnist,fashion-mnist; fi
+if [[ $half == b || $half == all ]]; then every_budget split-fashion-mnist; fi

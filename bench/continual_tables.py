@@ -1,42 +1,115 @@
-"""Print the Markdown tables of docs/CONTINUAL.md from the JSON files the runs wrote.
+"""Print the Markdown sections of docs/CONTINUAL.md from the JSON files the runs wrote,
+and draw each section's plot of stored floats against classes seen.
 
-    PYTHONPATH=src python bench/continual_tables.py docs/bench/continual_*.json
+    PYTHONPATH=src python bench/continual_tables.py [--img docs/img] docs/bench/continual_*.json
+
+Runs of the same benchmark, budget mode and budget with different seeds (class orders)
+form one section: the mean (and spread, the sample standard deviation over seeds) of the
+final average accuracy and forgetting per strategy, the accuracy on seen classes after
+each task (mean over seeds), each strategy's accuracy matrix ``acc[t][j]`` (mean over
+seeds), and the storage plot (the first seed's run; storage does not depend on the order).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
-import sys
+import statistics
+from collections import defaultdict
 from pathlib import Path
 
-from memdistill.continual import ContinualResult, format_table
+from memdistill.continual import ContinualResult, plot_storage
+
+FIELDS = ("benchmark", "strategy", "budget_ipc", "training", "seen_accuracy", "per_task_accuracy", "floats_stored",
+          "budget_floats", "task_seconds", "task_info", "budget_mode", "classes_seen")
 
 
-def section(path: Path) -> str:
+def load(path: Path) -> tuple[dict, list[ContinualResult]]:
+    """The run record and its results (files from before issue 17 lack the budget mode,
+    per class then, and the classes seen, which the storage plot needs)."""
     d = json.loads(path.read_text())
-    results = []
-    for r in d["results"]:
-        fields = {k: r[k] for k in ("benchmark", "strategy", "budget_ipc", "training", "seen_accuracy",
-                                    "per_task_accuracy", "floats_stored", "budget_floats", "task_seconds",
-                                    "task_info")}
-        results.append(ContinualResult(**fields))
-    minutes = sum(sum(r.task_seconds) for r in results) / 60
-    cmd = "memdistill " + " ".join(shlex.quote(a) for a in d["argv"])
+    return d, [ContinualResult(**{k: r[k] for k in FIELDS if k in r}) for r in d["results"]]
+
+
+def _mean_sd(values: list[float]) -> str:
+    m = 100 * statistics.fmean(values)
+    return f"{m:.1f}" if len(values) < 2 else f"{m:.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def summary_table(runs: list[tuple[dict, list[ContinualResult]]]) -> str:
+    """Per strategy: seen accuracy after each task (mean over seeds), final average
+    accuracy and forgetting (mean ± sd), final floats (budget)."""
+    by = defaultdict(list)
+    for _, results in runs:
+        for r in results:
+            by[r.strategy].append(r)
+    T = max(len(r.seen_accuracy) for rs in by.values() for r in rs)
+    head = ["strategy"] + [f"task {t + 1}" for t in range(T)] + ["final avg", "forgetting", "floats (budget)", "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, rs in by.items():
+        seen = [f"{100 * statistics.fmean(r.seen_accuracy[t] for r in rs):.1f}" for t in range(T)]
+        last = rs[0]
+        budget = "unbounded" if last.budget_floats[-1] is None else f"{last.budget_floats[-1]:,}"
+        lines.append("| " + " | ".join([name, *seen, _mean_sd([r.final_average_accuracy for r in rs]),
+                                        _mean_sd([r.forgetting for r in rs]),
+                                        f"{max(r.floats_stored[-1] for r in rs):,} ({budget})", str(len(rs))]) + " |")
+    return "\n".join(lines)
+
+
+def matrices(runs: list[tuple[dict, list[ContinualResult]]]) -> str:
+    """Each strategy's accuracy matrix (rows: after task t; columns: task j), mean over seeds."""
+    by = defaultdict(list)
+    for _, results in runs:
+        for r in results:
+            by[r.strategy].append(r.per_task_accuracy)
+    out = []
+    for name, mats in by.items():
+        T = len(mats[0])
+        head = ["after task"] + [f"task {j + 1}" for j in range(T)]
+        rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for t in range(T):
+            cells = [f"{100 * statistics.fmean(m[t][j] for m in mats):.1f}" if j <= t else "" for j in range(T)]
+            rows.append("| " + " | ".join([str(t + 1), *cells]) + " |")
+        out += [f"<details><summary>{name}: accuracy matrix (%)</summary>", "", *rows, "", "</details>", ""]
+    return "\n".join(out)
+
+
+def section(key: tuple[str, str, float], runs: list[tuple[dict, list[ContinualResult]]], paths: list[Path],
+            img: Path) -> str:
+    bench, mode, budget = key
+    what = (f"budget {budget:g} image(s) per class" if mode == "per-class"
+            else f"fixed total of {budget:g} image(s) per final class")
+    stem = paths[0].stem.rsplit("_s", 1)[0]
+    png = None
+    if all(r.classes_seen for r in runs[0][1]):  # older files cannot be plotted against classes
+        png = plot_storage(runs[0][1], img / f"{stem}_floats.png", title=f"{bench}, {what}")
+    minutes = sum(sum(r.task_seconds) for _, rs in runs for r in rs) / 60
+    cmds = "\n".join("memdistill " + " ".join(shlex.quote(a) for a in d["argv"]) for d, _ in runs)
     return "\n".join([
-        f"### {d['benchmark']}, budget {d['budget_ipc']:g} image(s) per class",
-        "",
-        f"`{cmd}`",
-        "",
-        f"Machine: {d['machine']}. Date: {d['date']}. Wall time of all strategies: {minutes:.1f} min.",
-        f"Data: `{path}`; plot: `docs/img/{path.stem}.png`.",
-        "",
-        format_table(results),
-        "",
-        f"![{d['benchmark']} budget {d['budget_ipc']:g}](img/{path.stem}.png)",
-        "",
+        f"### {bench}, {what}", "", "```bash", cmds, "```", "",
+        f"Machine: {runs[0][0]['machine']}. Dates: {', '.join(d['date'] for d, _ in runs)}. "
+        f"Wall time of all runs: {minutes:.1f} min.",
+        f"Data: {', '.join(f'`{p}`' for p in paths)}.", "",
+        summary_table(runs), "", matrices(runs),
+        f"![{bench} {what}: accuracy]({Path('img') / (paths[0].stem + '.png')})",
+        "" if png is None else f"![{bench} {what}: stored floats]({Path('img') / png.name})", "",
     ])
 
 
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--img", default="docs/img", help="where the storage plots go (default docs/img)")
+    ap.add_argument("files", nargs="+")
+    args = ap.parse_args(argv)
+    groups: dict = defaultdict(list)
+    for p in sorted(Path(f) for f in args.files):
+        d, results = load(p)
+        key = (d["benchmark"], d.get("budget_mode", "per-class"), float(d["budget_ipc"]))
+        groups[key].append((p, (d, results)))
+    for key, items in groups.items():
+        print(section(key, [run for _, run in items], [p for p, _ in items], Path(args.img)))
+
+
 if __name__ == "__main__":
-    print("\n".join(section(Path(p)) for p in sys.argv[1:]))
+    main()

@@ -29,7 +29,8 @@ from memdistill.memory import stored_float_budget
 
 # a distillation small enough for tests (seconds per task)
 TINY_DISTILL = {"outer.iterations": 3, "inner.steps": 3, "inner.width": 8, "inner.n_per_class": 4,
-                "outer.real_per_class": 8, "evaluation.epochs": 1, "evaluation.width": 8}
+                "outer.real_per_class": 8, "evaluation.epochs": 1, "evaluation.width": 8,
+                "outer.pool_size": 0}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -167,6 +168,7 @@ def test_every_strategy_stays_within_the_budget_after_every_task(strategy, budge
     opts = StrategyOptions(budget_ipc=budget, distill_overrides=TINY_DISTILL)
     r = run_continual(b, strategy, opts, LearnerConfig(steps=3, width=8, batch_size=16))
     assert len(r.floats_stored) == len(r.budget_floats) == b.num_tasks
+    assert r.classes_seen == [2, 4] and r.budget_mode == "per-class"
     d = 16 * 16
     for t in range(b.num_tasks):
         seen = b.classes_seen(t)
@@ -180,6 +182,34 @@ def test_every_strategy_stays_within_the_budget_after_every_task(strategy, budge
             assert r.floats_stored[t] <= r.budget_floats[t]
             # and uses most of it (a strategy storing nothing would pass the line above)
             assert r.floats_stored[t] >= 0.9 * r.budget_floats[t]
+
+
+@pytest.mark.parametrize("budget", [1, 2.5])
+@pytest.mark.parametrize("strategy", ALL_STRATEGIES)
+def test_every_strategy_keeps_a_fixed_total_budget_after_every_task(strategy, budget):
+    """Fixed-total mode: one budget of ``budget * C*H*W * 6`` floats for the stream
+    (6 classes in 3 tasks), never exceeded after any task; strategies that cannot
+    re-divide storage refuse the mode before any work."""
+    b = _synthetic_benchmark(classes=6, tasks=3)
+    opts = StrategyOptions(budget_ipc=budget, budget_mode="total", distill_overrides=TINY_DISTILL)
+    learner = LearnerConfig(steps=3, width=8, batch_size=16)
+    if strategy in ("memories", "images"):
+        with pytest.raises(ConfigError, match="cannot honour the 'total' budget mode.*strategies that can: shared"):
+            run_continual(b, strategy, opts, learner)
+        return
+    r = run_continual(b, strategy, opts, learner)
+    total = int(budget * 256 * 6)
+    assert r.budget_mode == "total" and r.classes_seen == [2, 4, 6]
+    for t in range(b.num_tasks):
+        if strategy == "joint":
+            assert r.budget_floats[t] is None
+            continue
+        assert r.budget_floats[t] == total
+        assert r.floats_stored[t] <= total
+        if strategy != "finetune":  # the whole total is in use from the first task on
+            assert r.floats_stored[t] >= 0.9 * total
+    saved = r.to_dict()
+    assert saved["floats_stored"] == r.floats_stored and "memory" not in saved
 
 
 def test_exemplar_and_memory_budgets_that_cannot_fit_fail_early():

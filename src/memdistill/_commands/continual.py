@@ -6,6 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
+from ..errors import ConfigError
 from ._options import Command, data_options, device_option, progress_option
 from ._run import data_load_options, resolve_device as _device, run_header
 
@@ -16,8 +17,27 @@ def add_arguments(cl: argparse.ArgumentParser) -> None:
                          "split-tiny-imagenet | many | many:mnist,fashion-mnist (partial MANY) | split-folder:PATH | "
                          "split-npz:PATH (your own data's classes; --tasks, default 2 classes per task)")
     cl.add_argument("--strategy", default="memories",
-                    help="memories | images | random | herding | finetune | joint, comma-separated, or all")
-    cl.add_argument("--budget-ipc", type=float, default=1.0, help="stored floats per class, in images (default 1)")
+                    help="shared | memories | images | random | herding | finetune | joint, comma-separated, or all "
+                         "(with a fixed total budget: all that can honour it)")
+    budget = cl.add_mutually_exclusive_group()
+    budget.add_argument("--budget-ipc", type=float, default=1.0,
+                        help="per-class budget: stored floats per class seen, in images (default 1); storage grows "
+                             "with the classes")
+    budget.add_argument("--budget-total-ipc", type=float, metavar="X",
+                        help="fixed total budget for the whole stream, chosen before the first task: X * C*H*W * "
+                             "(the benchmark's final number of classes) floats; herding/random evict, shared "
+                             "re-divides its slots (memories/images cannot honour it)")
+    budget.add_argument("--budget-total", type=int, metavar="FLOATS",
+                        help="fixed total budget in floats (as --budget-total-ipc, given directly)")
+    cl.add_argument("--replay-weight", default="classes",
+                    help="shared: weight in [0, 1] of the earlier classes' recalled examples against the current "
+                         "task's real data in the outer loss, or 'classes' (default: proportional to the classes "
+                         "on each side, every class alike)")
+    cl.add_argument("--distill-seconds", type=float,
+                    help="wall-time limit of each task's distillation (memories, images, shared)")
+    cl.add_argument("--save-memory", metavar="FILE.safetensors",
+                    help="write the final memory of the shared strategy as a memory file (split benchmarks of one "
+                         "dataset; rows in the dataset's class order): memdistill evaluate/show/derive read it")
     cl.add_argument("--preset", default="cpu-quick", help="distillation preset: cpu-quick | cpu | paper")
     cl.add_argument("--iterations", type=int, help="outer distillation iterations per task (overrides the preset)")
     cl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a distillation option")
@@ -36,6 +56,9 @@ def add_arguments(cl: argparse.ArgumentParser) -> None:
     cl.add_argument("--test-per-class", type=int, help="test on this many test images per seen class (default all)")
     cl.add_argument("--tasks", type=int, help="number of tasks of a split benchmark (e.g. 5, 10, 20 for CIFAR-100)")
     cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument("--validation", action="store_true",
+                    help="test on a validation split (10%% of each class's training images, never trained on) "
+                         "instead of the test split: for choosing settings such as --replay-weight")
     cl.add_argument("--out", help="JSON results (default outputs/continual_<benchmark>_ipc<budget>.json)")
     cl.add_argument("--plot", help="PNG plot (default: --out with .png)")
 
@@ -48,14 +71,26 @@ def cmd_continual(args: argparse.Namespace) -> int:
     from ..continual.strategies import STRATEGIES
     from ..data import is_user_dataset
 
-    names = list(ALL_STRATEGIES) if args.strategy == "all" else [s.strip() for s in args.strategy.split(",") if s.strip()]
+    mode = "per-class" if args.budget_total_ipc is None and args.budget_total is None else "total"
+    ipc = args.budget_total_ipc if args.budget_total_ipc is not None else args.budget_ipc
+    if args.strategy == "all":
+        names = [n for n in ALL_STRATEGIES if mode in STRATEGIES.get(n).budget_modes or not STRATEGIES.get(n).bounded]
+    else:
+        names = [s.strip() for s in args.strategy.split(",") if s.strip()]
     for n in names:
         STRATEGIES.get(n)
+    save = Path(args.save_memory) if args.save_memory else None
+    if save is not None and ("shared" not in names or save.suffix != ".safetensors"):
+        raise ConfigError(f"--save-memory writes the final memory of the shared strategy to a .safetensors file; "
+                          f"got {save} with strategies {','.join(names)}")
+    weight = args.replay_weight if args.replay_weight == "classes" else _number(args.replay_weight, "--replay-weight")
     overrides = dict(parse_sets(args.set, example="outer.iterations=20"))
     if args.iterations is not None:
         overrides["outer.iterations"] = args.iterations
     device = str(_device(args.device))
-    options = StrategyOptions(budget_ipc=args.budget_ipc, preset=args.preset, distill_overrides=overrides,
+    options = StrategyOptions(budget_ipc=ipc, budget_mode=mode, budget_total=args.budget_total,
+                              replay_weight=weight, distill_seconds=args.distill_seconds,
+                              preset=args.preset, distill_overrides=overrides,
                               num_bases=args.bases or 0, downsample=args.downsample,
                               init_from_previous=args.init_from_previous, seed=args.seed, device=device,
                               progress=not args.no_progress)
@@ -70,13 +105,17 @@ def cmd_continual(args: argparse.Namespace) -> int:
     if user:
         bench_opts["load_options"] = data_load_options(args, args.benchmark[len("split-"):])
     bench = create_benchmark(args.benchmark, **bench_opts)
+    if args.validation:
+        bench = bench.validation(seed=args.seed)
     name = f"split-{Path(bench.train.source['path']).stem}" if user else bench.name  # no folders in a file name
-    stem = re.sub(r"[^\w.+-]+", "_", f"continual_{name.replace(',', '+')}_ipc{args.budget_ipc:g}")
+    unit = (f"total{args.budget_total}" if args.budget_total is not None
+            else f"totalipc{ipc:g}" if mode == "total" else f"ipc{ipc:g}")
+    stem = re.sub(r"[^\w.+-]+", "_", f"continual_{name.replace(',', '+')}_{unit}")
     out = Path(args.out) if args.out else Path("outputs") / f"{stem}.json"
     png = Path(args.plot) if args.plot else out.with_suffix(".png")
     meta = {**run_header("continual", machine=describe_machine()),
             "benchmark": bench.name, "description": bench.description,
-            "budget_ipc": args.budget_ipc, "preset": args.preset, "distill_overrides": overrides,
+            "budget_ipc": ipc, "budget_mode": mode, "budget_total": args.budget_total, "preset": args.preset, "distill_overrides": overrides,
             "learner": vars(learner).copy(),
             "options": {k: v for k, v in vars(options).items() if k != "progress"}}
     results: list = []
@@ -86,13 +125,31 @@ def cmd_continual(args: argparse.Namespace) -> int:
         save_results(out, results, **meta)
 
     # every strategy's budget is checked before any work starts
+    if save is not None:
+        from ..continual.shared import check_memory_export  # refused before the run, not after it
+
+        check_memory_export(bench)
     run_comparison(bench, names, options, learner, progress=not args.no_progress, callback=keep)
-    title = f"{bench.name}, budget {args.budget_ipc:g} images/class"
+    if save is not None:
+        from ..continual import save_shared_memory
+
+        shared = next(r for r in results if r.strategy == "shared")
+        save_shared_memory(save, shared.memory, bench, extra={"budget_mode": mode, "budget_ipc": ipc,
+                                                               "budget_total": args.budget_total})
+    title = (f"{bench.name}, budget {ipc:g} images/class" if mode == "per-class" else
+             f"{bench.name}, fixed total of {options.total_floats(bench.image_shape, bench.num_classes):,} floats")
     plot_results(results, png, title=title)
     print(f"{title} (accuracy % on all classes seen after each task)")
     print(format_table(results))
-    print(f"wrote {out} and {png}")
+    print(f"wrote {out} and {png}" + (f" and {save}" if save is not None else ""))
     return 0
+
+
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{flag} must be 'classes' or a number in [0, 1], got {text!r}") from None
 
 
 COMMAND = Command(

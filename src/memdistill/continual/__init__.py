@@ -15,6 +15,7 @@ from ._learner import (
     LearnerConfig,
     format_table,
     plot_results,
+    plot_storage,
     run_comparison,
     run_continual,
     save_results,
@@ -33,6 +34,7 @@ from .benchmarks import (
 )
 from .strategies import (
     ALL_STRATEGIES,
+    BUDGET_MODES,
     STRATEGIES,
     Strategy,
     StrategyOptions,
@@ -40,15 +42,18 @@ from .strategies import (
     create_strategy,
     list_strategies,
 )
+from .shared import SharedStrategy, save_shared_memory, shared_sizes  # registers "shared"
 
 __all__ = [
     "ALL_STRATEGIES",
     "BENCHMARKS",
+    "BUDGET_MODES",
     "MANY_DATASETS",
     "STRATEGIES",
     "Benchmark",
     "ContinualResult",
     "LearnerConfig",
+    "SharedStrategy",
     "Strategy",
     "StrategyOptions",
     "Task",
@@ -62,8 +67,11 @@ __all__ = [
     "many_benchmark",
     "parse_benchmark",
     "plot_results",
+    "plot_storage",
     "run_comparison",
     "run_continual",
     "save_results",
+    "save_shared_memory",
+    "shared_sizes",
     "split_benchmark",
 ]

@@ -10,6 +10,7 @@ Metrics (``acc[t][j]``: accuracy on the classes of task ``j`` after task ``t``):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import time
@@ -27,13 +28,12 @@ from ..data import ImageDataset
 from ..config import TrainOptions
 from ..errors import ConfigError
 from ..evaluate import TrainingSet
-from ..memory import stored_float_budget
 from ..models import create_model
 from .benchmarks import Benchmark
 from .strategies import ALL_STRATEGIES, StrategyOptions, create_strategy
 
 __all__ = ["LearnerConfig", "ContinualResult", "run_continual", "run_comparison",
-           "format_table", "save_results", "plot_results"]
+           "format_table", "save_results", "plot_results", "plot_storage"]
 
 
 @dataclass
@@ -78,19 +78,24 @@ class ContinualResult:
 
     ``per_task_accuracy[t][j]`` is ``acc[t][j]`` (tasks ``j <= t``); ``floats_stored[t]``
     and ``budget_floats[t]`` are the storage after task ``t`` and what the budget allows
-    for the classes seen then (``None`` for unbounded strategies).
+    for the classes seen then (``None`` for unbounded strategies); ``classes_seen[t]`` the
+    classes seen after task ``t``. ``budget_mode`` is ``per-class`` or ``total``
+    (``budget_ipc`` is then images per class of the final class count).
     """
 
     benchmark: str
     strategy: str
     budget_ipc: float
     training: str
+    budget_mode: str = "per-class"
+    classes_seen: list[int] = field(default_factory=list)
     seen_accuracy: list[float] = field(default_factory=list)
     per_task_accuracy: list[list[float]] = field(default_factory=list)
     floats_stored: list[int] = field(default_factory=list)
     budget_floats: list[int | None] = field(default_factory=list)
     task_seconds: list[float] = field(default_factory=list)
     task_info: list[dict[str, Any]] = field(default_factory=list)
+    memory: Any = field(default=None, repr=False, compare=False)  # the strategy's final_memory(); not saved
 
     @property
     def final_average_accuracy(self) -> float:
@@ -105,7 +110,7 @@ class ContinualResult:
         return float(np.mean(drops))
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "memory"}
         d.update(final_average_accuracy=self.final_average_accuracy, forgetting=self.forgetting)
         return d
 
@@ -165,9 +170,9 @@ def run_continual(
     options = options or StrategyOptions()
     learner = learner or LearnerConfig()
     strat = create_strategy(strategy, options)
-    strat.check_fits(benchmark)
+    strat.begin(benchmark)
     result = ContinualResult(benchmark.name, strategy, options.budget_ipc,
-                             "continue" if strat.keeps_model else learner.training)
+                             "continue" if strat.keeps_model else learner.training, budget_mode=options.budget_mode)
     c, h, w = benchmark.image_shape
     arch_options = learner.arch_options()
     g = torch.Generator().manual_seed(int(learner.seed))
@@ -191,8 +196,8 @@ def run_continual(
             result.per_task_accuracy.append(
                 [float(per_class[list(benchmark.tasks[j])].mean()) for j in range(task.index + 1)])
             result.floats_stored.append(strat.floats_stored())
-            result.budget_floats.append(
-                stored_float_budget(options.budget_ipc, benchmark.image_shape, seen) if strat.bounded else None)
+            result.budget_floats.append(strat.budget_floats(seen))
+            result.classes_seen.append(seen)
             result.task_seconds.append(time.perf_counter() - t0)
             result.task_info.append(info)
             bar.set_postfix(acc=f"{100 * result.seen_accuracy[-1]:.1f}")
@@ -201,6 +206,7 @@ def run_continual(
                 callback(task.index, result)
     finally:
         bar.close()
+    result.memory = strat.final_memory()
     return result
 
 
@@ -216,7 +222,7 @@ def run_comparison(
     ``callback(name, result)`` after each strategy (e.g. to save partial results)."""
     options = options or StrategyOptions()
     for name in strategies:  # fail on a budget that cannot fit before any work
-        create_strategy(name, options).check_fits(benchmark)
+        create_strategy(name, options).begin(benchmark)
     out = []
     for name in strategies:
         out.append(run_continual(benchmark, name, options, learner, progress=progress))
@@ -265,6 +271,36 @@ def plot_results(results: Sequence[ContinualResult], path: str | Path, title: st
     ax.set_xlabel("tasks learned")
     ax.set_ylabel("accuracy on seen classes (%)")
     ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_storage(results: Sequence[ContinualResult], path: str | Path, title: str | None = None) -> Path:
+    """PNG of the floats stored after each task against the classes seen then, one line
+    per strategy, with each run's budget dashed (Agg canvas; unbounded ``joint`` is left
+    out: it would dwarf the rest)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    budgets = {}
+    for r in results:
+        if r.budget_floats and r.budget_floats[-1] is None:
+            continue
+        ax.plot(r.classes_seen, r.floats_stored, marker="o", label=r.strategy)
+        budgets[(r.budget_mode, tuple(r.budget_floats))] = r.classes_seen
+    for (mode, b), xs in budgets.items():
+        ax.plot(xs, list(b), linestyle="--", color="grey", linewidth=1, label=f"budget ({mode})")
+    ax.set_xlabel("classes seen")
+    ax.set_ylabel("floats stored")
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if title:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .._registry import Registry
-from ..data import ImageDataset, is_user_dataset, load_dataset, locate_dataset
+from ..data import ImageDataset, is_user_dataset, load_dataset, locate_dataset, train_val_split
 from ..data._registry import DATASETS
 from ..errors import ConfigError, DataNotFoundError, TaskDataRevokedError
 
@@ -102,6 +102,15 @@ class Benchmark:
     def stream(self) -> "TaskStream":
         """A fresh one-pass stream over the tasks (see :class:`TaskStream`)."""
         return TaskStream(self)
+
+    def validation(self, fraction: float = 0.1, seed: int = 0) -> "Benchmark":
+        """The same benchmark for choosing settings: ``fraction`` of each class's training
+        images (a stratified split drawn with ``seed``) become the test split, the rest
+        the training split; the real test split is not part of it."""
+        train, val = train_val_split(self.train, fraction, seed=seed)
+        return dataclasses.replace(self, name=f"{self.name} (validation)", train=train, test=val,
+                                   description=f"{self.description}; validation: {fraction:g} of the training "
+                                               f"images, seed {seed}")
 
 
 class Task:

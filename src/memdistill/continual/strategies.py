@@ -1,17 +1,25 @@
 """What a continual learner keeps of each task: the strategies, under one storage budget.
 
-Every bounded strategy stores at most ``budget_ipc * C*H*W`` floats per class seen (the
-equal-storage rule of METHOD.md, applied per task and summed); :meth:`Strategy.check_fits`
-refuses a budget it cannot keep before any work, :meth:`Strategy.floats_stored` reports
-what it holds, and the learner records it beside the budget after every task. Each
-strategy is a class registered in :data:`STRATEGIES` under its ``name``.
+Two budget modes (:data:`BUDGET_MODES`): ``per-class``, at most ``budget_ipc * C*H*W``
+floats per class seen (the equal-storage rule of METHOD.md, applied per task and summed),
+and ``total``, one number of floats for the whole stream fixed before the first task
+(``budget_ipc * C*H*W * C_final``, or ``budget_total``). :meth:`Strategy.begin` refuses a
+mode or budget a strategy cannot honour before any work, :meth:`Strategy.floats_stored`
+reports what it holds, and the learner records it beside :meth:`Strategy.budget_floats`
+after every task. Each strategy is a class registered in :data:`STRATEGIES` under its
+``name``.
 
-- ``memories`` (ours): each task is distilled into its own ``bases`` memory over the
-  task's classes, under the task's share of the budget; optionally initialised from the
-  previous task's bases (``init_from_previous``). Earlier memories are frozen (their
-  task's data is gone), so the bases are shared within a task, not across tasks.
+- ``shared`` (ours, :mod:`.shared`): one ``bases`` memory for the whole stream, bases
+  shared by every class seen, distilled on each task's data and on recalls of a frozen
+  copy of itself for the earlier classes.
+- ``memories``: each task is distilled into its own ``bases`` memory over the task's
+  classes, under the task's share of the budget; optionally initialised from the previous
+  task's bases (``init_from_previous``, addressing re-solved against them). Earlier
+  memories are frozen (their task's data is gone), so the bases are shared within a task,
+  not across tasks. Per-class budgets only.
 - ``images``: the same with per-class learnable images (the BPTT baseline).
-- ``random`` / ``herding``: ``floor(budget_ipc)`` real exemplars per class.
+- ``random`` / ``herding``: real exemplars per class (``floor(budget_ipc)``, or an even
+  share of the total with eviction, :func:`exemplar_quotas`).
 - ``finetune``: keeps nothing (lower bound); ``joint``: keeps all real data (upper bound,
   unbounded storage).
 """
@@ -35,6 +43,7 @@ from ..memory import Memory, solve_slots, stored_float_budget
 from .benchmarks import Benchmark
 
 __all__ = [
+    "BUDGET_MODES",
     "STRATEGIES",
     "Strategy",
     "StrategyOptions",
@@ -45,13 +54,23 @@ __all__ = [
 
 STRATEGIES: Registry[Callable[..., "Strategy"]] = Registry("continual strategy")
 
+# ``per-class``: ``budget_ipc * C*H*W`` floats per class seen (grows with the classes);
+# ``total``: one number of floats for the whole stream, chosen before the first task.
+BUDGET_MODES = ("per-class", "total")
+
 
 @dataclass
 class StrategyOptions:
     """Options shared by the strategies.
 
     Attributes:
-        budget_ipc: stored floats per class, in images (``IPC``).
+        budget_ipc: the storage budget in images per class (``IPC``). Per-class mode:
+            ``budget_ipc * C*H*W`` floats per class seen, so storage may grow with the
+            classes. Fixed-total mode: ``budget_ipc * C*H*W * C_final`` floats for the
+            whole stream (``C_final``: the benchmark's classes), fixed before the first task.
+        budget_mode: ``"per-class"`` or ``"total"`` (:data:`BUDGET_MODES`).
+        budget_total: fixed-total mode only: the total in floats (overrides the total
+            ``budget_ipc`` gives).
         preset: distillation preset (``cpu-quick``, ``cpu``, ``paper``) for ``memories``
             and ``images``.
         distill_overrides: dotted config keys applied over the preset
@@ -61,11 +80,22 @@ class StrategyOptions:
         init_from_previous: start each task's bases from the previous task's (when the
             shapes agree) instead of the principal components of the task's data.
         seed: seeds exemplar selection and distillation (task ``t`` uses ``seed + t``).
+        replay_weight: ``shared`` only: the weight of the earlier classes' term (examples
+            recalled from the frozen memory) against the current task's real data in the
+            outer loss. ``"classes"``: proportional to the number of classes on each side
+            (every class weighs the same); a number ``w`` in ``[0, 1]``: ``w`` for the old
+            term, ``1 - w`` for the new one.
+        distill_seconds: wall-time limit of each task's distillation (``memories``,
+            ``images``, ``shared``; ``None``: the iteration count alone decides).
         device: where distillation runs.
         progress: show distillation progress bars.
     """
 
     budget_ipc: float = 1.0
+    budget_mode: str = "per-class"
+    budget_total: int | None = None
+    replay_weight: str | float = "classes"
+    distill_seconds: float | None = None
     preset: str = "cpu-quick"
     distill_overrides: dict[str, Any] = field(default_factory=dict)
     num_bases: int = 0
@@ -80,6 +110,30 @@ class StrategyOptions:
             raise ConfigError(f"budget_ipc must be > 0, got {self.budget_ipc}")
         if self.num_bases < 0 or self.downsample < 1:
             raise ConfigError("num_bases must be >= 0 (0: automatic) and downsample >= 1")
+        if self.budget_mode not in BUDGET_MODES:
+            raise ConfigError(f"unknown budget mode {self.budget_mode!r}; valid: {', '.join(BUDGET_MODES)} "
+                              "(--budget-ipc for per-class, --budget-total-ipc or --budget-total for total)")
+        if self.budget_total is not None and (self.budget_mode != "total" or int(self.budget_total) < 1):
+            raise ConfigError(f"budget_total ({self.budget_total}) needs budget_mode='total' and a positive "
+                              "number of floats")
+        if self.replay_weight != "classes" and not (
+                isinstance(self.replay_weight, (int, float)) and 0 <= float(self.replay_weight) <= 1):
+            raise ConfigError(f"replay_weight must be 'classes' or a number in [0, 1], got {self.replay_weight!r}")
+        if self.distill_seconds is not None and not self.distill_seconds > 0:
+            raise ConfigError(f"distill_seconds must be > 0 seconds or None, got {self.distill_seconds}")
+
+    def total_floats(self, image_shape: tuple[int, int, int], final_classes: int) -> int:
+        """Fixed-total mode: the floats of the whole stream (``budget_total``, else
+        ``budget_ipc * C*H*W * final_classes``)."""
+        if self.budget_total is not None:
+            return int(self.budget_total)
+        return stored_float_budget(self.budget_ipc, image_shape, final_classes)
+
+    def budget_floats(self, image_shape: tuple[int, int, int], seen: int, final_classes: int) -> int:
+        """What may be stored once ``seen`` of the ``final_classes`` classes are seen."""
+        if self.budget_mode == "total":
+            return self.total_floats(image_shape, final_classes)
+        return stored_float_budget(self.budget_ipc, image_shape, seen)
 
 
 def auto_num_bases(budget_ipc: float, image_shape: tuple[int, int, int], num_classes: int,
@@ -118,9 +172,36 @@ class Strategy:
     name = ""
     bounded = True
     keeps_model = False
+    budget_modes: tuple[str, ...] = BUDGET_MODES  # the budget modes it can honour
 
     def __init__(self, options: StrategyOptions) -> None:
         self.options = options
+        self.image_shape: tuple[int, int, int] | None = None
+        self.final_classes: int | None = None
+
+    def begin(self, benchmark: Benchmark) -> None:
+        """Before the first task: refuse a budget mode this strategy cannot honour, note
+        the benchmark's image shape and final class count (the fixed total is sized on
+        them) and :meth:`check_fits`."""
+        mode = self.options.budget_mode
+        if self.bounded and mode not in self.budget_modes:
+            able = [n for n in ALL_STRATEGIES if mode in getattr(STRATEGIES.get(n), "budget_modes", ())]
+            raise ConfigError(f"strategy {self.name!r} cannot honour the {mode!r} budget mode "
+                              f"({self._why_not(mode)}); strategies that can: {', '.join(able)}")
+        self.image_shape, self.final_classes = benchmark.image_shape, benchmark.num_classes
+        self.check_fits(benchmark)
+
+    def _why_not(self, mode: str) -> str:
+        return "not supported"
+
+    def budget_floats(self, seen: int) -> int | None:
+        """The floats this strategy may hold with ``seen`` classes seen (``None``:
+        unbounded); needs :meth:`begin`."""
+        if not self.bounded:
+            return None
+        if self.image_shape is None:
+            raise ConfigError(f"strategy {self.name!r}: call begin(benchmark) before the first task")
+        return self.options.budget_floats(self.image_shape, seen, self.final_classes)
 
     def check_fits(self, benchmark: Benchmark) -> None:
         """Fail before any work when what this strategy keeps of ``benchmark``'s tasks
@@ -140,11 +221,21 @@ class Strategy:
         """Floats kept across tasks (what survives when the next task starts)."""
         raise NotImplementedError
 
+    def final_memory(self) -> Memory | None:
+        """The one memory the strategy keeps for the whole stream (``shared``), else ``None``."""
+        return None
+
 
 class MemoryStrategy(Strategy):
     """Distil each task into a memory of ``kind`` (``bases`` or ``images``)."""
 
     kind = "bases"
+    budget_modes = ("per-class",)
+
+    def _why_not(self, mode):
+        return ("it keeps one frozen memory per task, sized when the task ends, and cannot re-divide "
+                "storage later; its per-class run at the same --budget-ipc reaches the same total after "
+                "the last task and never exceeds it")
 
     def __init__(self, options: StrategyOptions) -> None:
         super().__init__(options)
@@ -188,7 +279,7 @@ class MemoryStrategy(Strategy):
         local = local_view(data, classes)
         cfg = self.task_config(index, local.name, local.image_shape, local.num_classes)
         distiller = Distiller(cfg, local, device=self.options.device, initial_memory=self._initial_memory(cfg, local))
-        result = distiller.run(progress=self.options.progress)
+        result = distiller.run(progress=self.options.progress, time_limit=self.options.distill_seconds)
         memory = result.memory
         memory.tensors = {k: v.detach().cpu() for k, v in memory.tensors.items()}
         self.memories.append((classes[0], memory))
@@ -233,16 +324,26 @@ class MemoriesStrategy(MemoryStrategy):
         solve_slots(o.budget_ipc, image_shape, num_classes, self._num_bases(image_shape, num_classes), o.downsample)
 
     def _initial_memory(self, cfg, local):
-        """A fresh memory for this task whose bases are the previous task's bases."""
+        """A fresh memory for this task whose bases are the previous task's and whose
+        addressing is re-solved against them (least squares of ``slots`` real images per
+        class, the routine of the usual start), so its recall is the best these bases give."""
         if not (self.options.init_from_previous and self.memories):
             return None
         prev = self.memories[-1][1]
-        fresh = Distiller(cfg, local).new_memory()
+        distiller = Distiller(cfg, local)
+        fresh = distiller.new_memory()
         if fresh.tensors["bases"].shape != prev.tensors["bases"].shape:
             return None
         fresh.tensors = {k: v.detach().cpu() for k, v in fresh.tensors.items()}
         fresh.tensors["bases"] = prev.tensors["bases"].clone()
+        fresh.refit_addressing(distiller.train, refit_generator(cfg.seed))
         return fresh
+
+
+def refit_generator(seed: int) -> torch.Generator:
+    """The generator drawing the real images that ``init_from_previous`` re-solves a
+    task's addressing against (its own stream, apart from the distillation's)."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + 0x5EED)
 
 
 @STRATEGIES.register("images")
@@ -259,41 +360,76 @@ class ImagesStrategy(MemoryStrategy):
                               f"use --budget-ipc >= 1")
 
 
+def exemplar_quotas(options: StrategyOptions, image_shape: tuple[int, int, int], seen: int,
+                    final_classes: int) -> list[int]:
+    """Real images each of the ``seen`` classes may keep.
+
+    Per-class mode: ``floor(budget_ipc)`` each. Fixed-total mode: the ``n`` whole images
+    the total holds, divided evenly, the remainder one each to the lowest class ids
+    (``n // seen + (c < n % seen)``). As ``seen`` grows no class's quota grows, so
+    evicting the tail of each class's selection order is all a new task ever needs.
+    """
+    if options.budget_mode == "per-class":
+        return [int(math.floor(options.budget_ipc))] * seen
+    n = options.total_floats(image_shape, final_classes) // math.prod(image_shape)
+    return [n // seen + (1 if c < n % seen else 0) for c in range(seen)]
+
+
 class ExemplarStrategy(Strategy):
-    """Keep ``floor(budget_ipc)`` real images per class, chosen by ``method``."""
+    """Keep real images per class, chosen by ``method``: ``floor(budget_ipc)`` each in
+    per-class mode; in fixed-total mode an even share of the total
+    (:func:`exemplar_quotas`), evicting the last-chosen images of earlier classes as new
+    classes arrive (the first ``m`` of a herding order are herding's choice of ``m``)."""
 
     method = "random"
 
     def __init__(self, options: StrategyOptions) -> None:
         super().__init__(options)
-        if options.budget_ipc < 1:
+        if options.budget_mode == "per-class" and options.budget_ipc < 1:
             raise ConfigError(
                 f"{self.name}: a budget of {options.budget_ipc} images per class holds no whole real "
                 f"image; exemplar strategies need --budget-ipc >= 1"
             )
-        self.images: list[torch.Tensor] = []
-        self.labels: list[torch.Tensor] = []
+        self.kept: dict[int, torch.Tensor] = {}  # class id -> uint8 images in selection order
         self._meta: dict[str, Any] = {}
 
+    def check_fits(self, benchmark):
+        n = exemplar_quotas(self.options, benchmark.image_shape, benchmark.num_classes, benchmark.num_classes)
+        if min(n) < 1:
+            total = self.options.total_floats(benchmark.image_shape, benchmark.num_classes)
+            raise ConfigError(
+                f"{self.name}: a total budget of {total:,} floats holds fewer than one real image "
+                f"({math.prod(benchmark.image_shape):,} floats) for each of the {benchmark.num_classes} classes; "
+                f"use --budget-total-ipc >= 1")
+
     def learn_task(self, index, classes, data):
-        ipc = int(math.floor(self.options.budget_ipc))
-        idx = select_subset(local_view(data, classes), ipc, self.method, seed=self.options.seed + index)
-        self.images.append(data.images[idx].clone())
-        self.labels.append(data.labels[idx].clone())
+        if self.image_shape is None:  # used without begin(): per-class mode needs no benchmark
+            self.image_shape, self.final_classes = data.image_shape, data.num_classes
+        seen = classes[-1] + 1
+        quota = exemplar_quotas(self.options, self.image_shape, seen, self.final_classes)
+        local = local_view(data, classes)
+        most = max(quota[c] for c in classes)
+        idx = select_subset(local, most, self.method, seed=self.options.seed + index)  # by class, then order
+        for j, c in enumerate(classes):
+            self.kept[c] = data.images[idx[j * most: j * most + quota[c]]].clone()
+        for c in range(classes[0]):  # evict: keep the first of each earlier class's selection
+            self.kept[c] = self.kept[c][: quota[c]]
         self._meta = {"name": data.name, "classes": data.classes, "mean": data.mean, "std": data.std}
-        return {"slots_per_class": ipc}
+        return {"slots_per_class": [int(len(self.kept[c])) for c in range(seen)]}
 
     def training_set(self, current):
-        return ImageDataset(split="train", images=torch.cat(self.images), labels=torch.cat(self.labels),
+        order = sorted(self.kept)
+        labels = torch.cat([torch.full((len(self.kept[c]),), c, dtype=torch.long) for c in order])
+        return ImageDataset(split="train", images=torch.cat([self.kept[c] for c in order]), labels=labels,
                             **self._meta)
 
     def floats_stored(self):
-        return sum(int(x.numel()) for x in self.images)  # one float per stored pixel value
+        return sum(int(x.numel()) for x in self.kept.values())  # one float per stored pixel value
 
 
 @STRATEGIES.register("random")
 class RandomStrategy(ExemplarStrategy):
-    """``floor(budget_ipc)`` real images per class drawn at random."""
+    """Real images per class drawn at random (evicted at random in fixed-total mode)."""
 
     name = "random"
     method = "random"
@@ -301,7 +437,7 @@ class RandomStrategy(ExemplarStrategy):
 
 @STRATEGIES.register("herding")
 class HerdingStrategy(ExemplarStrategy):
-    """``floor(budget_ipc)`` real images per class chosen by herding."""
+    """Real images per class chosen by herding (the best per class within the share)."""
 
     name = "herding"
     method = "herding"
@@ -349,7 +485,7 @@ class JointStrategy(Strategy):
 
 
 # The order of a comparison (``--strategy all``): ours first, bounds last.
-ALL_STRATEGIES = ("memories", "images", "herding", "random", "finetune", "joint")
+ALL_STRATEGIES = ("shared", "memories", "images", "herding", "random", "finetune", "joint")
 
 
 def list_strategies() -> list[str]:
@@ -357,7 +493,7 @@ def list_strategies() -> list[str]:
 
 
 def create_strategy(name: str, options: StrategyOptions | None = None, **kwargs: Any) -> Strategy:
-    """A strategy by name (``memories``, ``images``, ``random``, ``herding``,
+    """A strategy by name (``shared``, ``memories``, ``images``, ``random``, ``herding``,
     ``finetune``, ``joint``) with ``options`` (or keyword fields of :class:`StrategyOptions`)."""
     cls = STRATEGIES.get(name)
     if options is None:

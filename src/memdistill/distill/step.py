@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..config import DistillConfig
 from ..data import ImageDataset
@@ -79,6 +80,10 @@ class StepInputs:
         dist: this process's place in the run.
         pool_forward: with a model pool, the members' pure ``forward(params, x)`` (through
             the label space, as :func:`inner_network`'s).
+        class_weight: ``(L,)`` weights of the classes in the outer loss (one-hot label
+            spaces; the loss is then the weighted mean ``sum_i w[y_i] ce_i / sum_i w[y_i]``);
+            ``None``: the plain mean. The continual ``shared`` strategy weights its old
+            classes' recalled examples against the current task's real ones with it.
     """
 
     config: DistillConfig
@@ -92,6 +97,7 @@ class StepInputs:
     device: torch.device
     dist: DistContext
     pool_forward: Callable[..., torch.Tensor] | None = None
+    class_weight: torch.Tensor | None = None
 
 
 def _weighted(loss_fn: Callable[..., torch.Tensor], weight: float) -> Callable[..., torch.Tensor]:
@@ -173,6 +179,9 @@ def meta_step(inputs: StepInputs, memory: Memory, g: torch.Generator, split: boo
         plans, xr, yr, outer_weight, shares = class_share(inputs.dist, plans, xr, yr, len(cls_list))
 
     def outer_loss(params):
+        if inputs.class_weight is not None:
+            out = forward(params, xr)
+            return F.cross_entropy(out, yr, weight=inputs.class_weight.to(out))
         return space.class_loss(forward(params, xr), yr)
 
     if split:

@@ -2,7 +2,7 @@
 
 from ._base import MEMORIES, Memory, MemoryReport, solve_slots, stored_float_budget
 from .file import MemoryFile, load_memory, save_memory
-from .types import BasesMemory, ImagesMemory, create_memory, list_memories
+from .types import BasesMemory, ImagesMemory, create_memory, list_memories, principal_bases, solve_addressing
 
 __all__ = [
     "MEMORIES",
@@ -15,6 +15,8 @@ __all__ = [
     "ImagesMemory",
     "create_memory",
     "list_memories",
+    "principal_bases",
+    "solve_addressing",
     "solve_slots",
     "stored_float_budget",
 ]

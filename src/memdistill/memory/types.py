@@ -12,14 +12,15 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ._base import MEMORIES, Memory, initial_label_logits, solve_slots, stored_float_budget
 
-__all__ = ["ImagesMemory", "BasesMemory", "create_memory", "list_memories"]
+__all__ = ["ImagesMemory", "BasesMemory", "create_memory", "list_memories", "principal_bases", "solve_addressing",
+           "real_per_class"]
 
 
 def list_memories() -> list[str]:
     return MEMORIES.names()
 
 
-def _real_per_class(real, per_class: int, generator: torch.Generator) -> torch.Tensor:
+def real_per_class(real, per_class: int, generator: torch.Generator) -> torch.Tensor:
     """``(L, per_class, C, H, W)`` normalised real images, sampled with replacement only
     when a class has fewer images than asked for."""
     out = []
@@ -93,7 +94,7 @@ class ImagesMemory(Memory):
 
     def init_from_real(self, real, generator, mix=None):
         """``r`` real images of each class (see :meth:`Memory.init_from_real`)."""
-        content = _real_per_class(real, self.slots, generator)  # (C, r, ...)
+        content = real_per_class(real, self.slots, generator)  # (C, r, ...)
         if mix is not None:
             content = torch.einsum("lc,c...->l...", mix, content.double()).float()
         self.tensors["images"] = content
@@ -156,6 +157,23 @@ class BasesMemory(Memory):
         self.tensors["bases"] = bases.float()
         self.tensors["addressing"] = coeff.float()
 
+    def refit_addressing(self, real, generator: torch.Generator) -> torch.Tensor:
+        """Re-solve the addressing in place against the memory's current bases: the
+        least-squares coefficients (:func:`solve_addressing`, as in :meth:`init_from_real`)
+        of ``slots`` real images per class of ``real`` (drawn with ``generator``).
+
+        Returns:
+            the target images ``(L, r, C, H, W)`` the addressing was fitted to.
+        """
+        if real.num_classes != self.num_classes:
+            raise ConfigError(f"refit_addressing needs real data of the memory's {self.num_classes} classes, "
+                              f"got {real.num_classes}")
+        targets = real_per_class(real, self.slots, generator)
+        old = self.tensors["addressing"]
+        coeff = solve_addressing(self.tensors["bases"].detach().cpu(), targets)
+        self.tensors["addressing"] = coeff.to(dtype=old.dtype, device=old.device)
+        return targets
+
     def _up(self, low: torch.Tensor) -> torch.Tensor:
         if tuple(low.shape[-2:]) == tuple(self.image_shape[1:]):
             return low
@@ -175,22 +193,45 @@ class BasesMemory(Memory):
         return self._up(low).view(q.shape[0], -1, *self.image_shape)
 
 
-def _pca_init(real, slots: int, num_bases: int, low_size, generator):
-    """Bases: top principal directions (uncentred) of real images at low resolution;
-    addressing: least-squares coefficients of ``slots`` real images per class."""
-    sample = _real_per_class(real, min(200, max(slots, 50)), generator).flatten(0, 1)
-    low = F.interpolate(sample.double(), size=low_size, mode="area").flatten(1)
+def principal_bases(images: torch.Tensor, num_bases: int, low_size) -> torch.Tensor:
+    """``(num_bases, C, h, w)`` float64: the top principal directions (uncentred) of
+    ``images`` ``(N, C, H, W)`` brought to ``low_size`` ``(h, w)``, scaled to unit-variance
+    pixels; rows beyond the rank of the images are zero."""
+    low = F.interpolate(images.double(), size=tuple(low_size), mode="area").flatten(1)
     _, _, vh = torch.linalg.svd(low, full_matrices=False)
     k = min(num_bases, vh.shape[0])
     bases = torch.zeros(num_bases, low.shape[1], dtype=torch.float64)
     bases[:k] = vh[:k] * math.sqrt(low.shape[1])  # unit-variance pixels
-    bases = bases.view(num_bases, sample.shape[1], *low_size)
-    up = F.interpolate(bases, size=sample.shape[2:], mode="bilinear", align_corners=False).flatten(1)
-    targets = _real_per_class(real, slots, generator)  # (L, r, C, H, W)
-    L = targets.shape[0]
-    flat = targets.double().flatten(2).transpose(0, 1).reshape(slots * L, -1)  # slot-major
+    return bases.view(num_bases, images.shape[1], *low_size)
+
+
+def solve_addressing(bases: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Least-squares addressing of ``targets`` against ``bases``: the coefficients whose
+    recall ``up(a^T B)`` is closest (in squared pixel error) to each target image.
+
+    Args:
+        bases: ``(K, C, h, w)`` (upsampled bilinearly to the targets' ``H x W``).
+        targets: ``(L, r, C, H, W)`` normalised images, ``r`` per class.
+
+    Returns:
+        ``(r, L, K)`` float64 (the ``addressing`` layout of :class:`BasesMemory`).
+    """
+    L, r = targets.shape[:2]
+    K = bases.shape[0]
+    up = F.interpolate(bases.double(), size=tuple(targets.shape[-2:]), mode="bilinear",
+                       align_corners=False).flatten(1)  # (K, D)
+    flat = targets.double().flatten(2).transpose(0, 1).reshape(r * L, -1)  # slot-major
     coeff = torch.linalg.lstsq(up.T, flat.T).solution.T  # (r*L, K)
-    return bases, coeff.view(slots, L, num_bases)
+    return coeff.reshape(r, L, K)
+
+
+def _pca_init(real, slots: int, num_bases: int, low_size, generator):
+    """Bases: top principal directions (uncentred) of real images at low resolution;
+    addressing: least-squares coefficients of ``slots`` real images per class."""
+    sample = real_per_class(real, min(200, max(slots, 50)), generator).flatten(0, 1)
+    bases = principal_bases(sample, num_bases, low_size)
+    targets = real_per_class(real, slots, generator)  # (L, r, C, H, W)
+    return bases, solve_addressing(bases, targets)
 
 
 def create_memory(kind: str, image_shape, num_classes: int, budget_ipc: float, *,

@@ -1,0 +1,327 @@
+"""The ``shared`` strategy: one ``bases`` memory for the whole stream.
+
+Its bases are shared by every class seen so far; each task adds addressing rows for its
+classes (least squares of real images against the current bases) and, when the budget
+allows, new bases (principal directions of the task's images outside the span of the
+existing ones). While task ``t`` is current the whole memory is distilled with an outer
+loss on
+
+- the task's real images for its new classes, and
+- for the earlier classes, examples recalled from a frozen copy of the memory as it
+  stood before task ``t``: the frozen copy stands in for their data, which is gone.
+
+The two terms are weighted by ``replay_weight`` (default: by number of classes, every
+class alike). Storage after every task is the live memory only, within the budget of
+either mode (:func:`shared_sizes`): per class seen (``K`` and ``r`` grow with the
+classes) or a fixed total (``K`` fixed before the first task, the slots per class
+re-divided as classes arrive, :func:`resize_slots`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import DistillConfig, base_schedule, resolve
+from ..data import ImageDataset
+from ..distill import Distiller
+from ..errors import ConfigError
+from ..evaluate import TrainingSet, herding_order
+from ..memory import BasesMemory, principal_bases, save_memory, solve_addressing, solve_slots
+from ..memory.types import real_per_class
+from .benchmarks import Benchmark
+from .strategies import STRATEGIES, Strategy, StrategyOptions, auto_num_bases, local_view
+
+__all__ = ["SharedStrategy", "SharedDistiller", "ReplaySource", "shared_sizes", "grow_memory", "resize_slots",
+           "replay_class_weight", "save_shared_memory", "check_memory_export"]
+
+
+# ------------------------------------------------------------------ sizes
+def shared_sizes(options: StrategyOptions, image_shape: tuple[int, int, int], seen: int, final_classes: int,
+                 previous_bases: int = 0) -> tuple[int, int]:
+    """``(K, r)``: bases and slots per class of the shared memory with ``seen`` classes.
+
+    Per-class mode: ``K`` = ``num_bases`` or :func:`auto_num_bases` for ``seen`` classes
+    (never fewer than ``previous_bases``), ``r`` by :func:`~memdistill.memory.solve_slots`.
+    Fixed-total mode: the stream's final ``K`` is ``num_bases`` or the most (at most 16)
+    whose floats take at most half of the total; with ``seen`` classes the memory has its
+    classes' share of them, ``ceil(K * seen / final_classes)`` (so each task brings bases
+    of its own, as in per-class mode: bases fitted to the first task's classes alone
+    represent later classes poorly), and ``r`` is the most slots per class the rest of the
+    total holds: ``(total - K_seen*C*h*w) // (K_seen*seen)``.
+
+    Raises:
+        ConfigError: not one slot per class fits (with the smallest budget that does).
+    """
+    c, h, w = image_shape
+    ds = options.downsample
+    if options.budget_mode == "per-class":
+        k = max(previous_bases, options.num_bases or auto_num_bases(options.budget_ipc, image_shape, seen, ds))
+        return k, solve_slots(options.budget_ipc, image_shape, seen, k, ds)
+    if h // ds < 1 or w // ds < 1:
+        raise ConfigError(f"downsample must be in [1, {min(h, w)}], got {ds}")
+    per_basis = c * (h // ds) * (w // ds)
+    total = options.total_floats(image_shape, final_classes)
+    final = options.num_bases or max(1, min(16, (total // 2) // per_basis))
+    k = max(previous_bases, math.ceil(final * seen / final_classes))
+    r = (total - k * per_basis) // (k * seen)
+    if r < 1:
+        need = k * per_basis + k * seen
+        raise ConfigError(
+            f"shared: a total budget of {total:,} floats cannot hold {k} base(s) at downsample {ds} "
+            f"({k * per_basis:,} floats) plus one addressing slot for each of {seen} classes ({k * seen:,} floats); "
+            f"the minimum is {need:,} floats (--budget-total {need}, --budget-total-ipc "
+            f"{need / (c * h * w * final_classes):.3g}), or use fewer bases (--bases) / a larger --downsample")
+    return k, int(r)
+
+
+def replay_class_weight(replay_weight: str | float, old_classes: int, seen: int) -> torch.Tensor | None:
+    """Per-class weights ``(seen,)`` of the outer loss for ``replay_weight`` (see
+    :class:`StrategyOptions`): ``None`` for ``"classes"`` or without earlier classes (the
+    plain mean over the batch, every class alike), else ``w / old`` for each earlier class
+    and ``(1 - w) / new`` for each new one, so that the loss is ``w * old term + (1 - w) *
+    new term`` (each term a mean over its classes' examples)."""
+    if replay_weight == "classes" or old_classes == 0:
+        return None
+    w, new = float(replay_weight), seen - old_classes
+    return torch.cat([torch.full((old_classes,), w / old_classes), torch.full((new,), (1 - w) / new)])
+
+
+# ----------------------------------------------------------- growing the memory
+def resize_slots(addressing: torch.Tensor, bases: torch.Tensor, slots: int, generator: torch.Generator,
+                 size: tuple[int, int]) -> torch.Tensor:
+    """The addressing ``(r, L, K)`` of earlier classes brought to ``slots`` per class.
+
+    Fewer: each class keeps the ``slots`` recalls that herding picks among its ``r``
+    (their running mean stays closest to the mean of all its recalls); a class's slots are
+    interchangeable, so each class chooses its own. More: the new slots are midpoints of
+    two distinct existing slots of the same class (drawn with ``generator``).
+
+    Args:
+        bases: ``(K, C, h, w)``; size: ``(H, W)`` of a recalled image.
+    """
+    r, L, _ = addressing.shape
+    if slots == r:
+        return addressing
+    if slots < r:
+        up = F.interpolate(bases.double(), size=size, mode="bilinear", align_corners=False).flatten(1)
+        keep = [addressing[herding_order(addressing[:, c].double() @ up, slots), c] for c in range(L)]
+        return torch.stack(keep, dim=1)
+    extra, cols = slots - r, torch.arange(L)
+    i = torch.randint(r, (extra, L), generator=generator)
+    j = (i + 1 + torch.randint(max(r - 1, 1), (extra, L), generator=generator)) % r
+    return torch.cat([addressing, 0.5 * (addressing[i, cols] + addressing[j, cols])])
+
+
+def _residual_bases(sample: torch.Tensor, bases: torch.Tensor, k: int, low: tuple[int, int]) -> torch.Tensor:
+    """``k`` principal directions of ``sample`` (at resolution ``low``) outside the span of ``bases``."""
+    small = F.interpolate(sample.double(), size=low, mode="area")
+    q, _ = torch.linalg.qr(bases.double().flatten(1).T)  # (D, K) orthonormal columns
+    flat = small.flatten(1)
+    return principal_bases((flat - flat @ q @ q.T).view_as(small), k, low)
+
+
+def grow_memory(previous: BasesMemory | None, local: ImageDataset, num_bases: int, slots: int, downsample: int,
+                generator: torch.Generator) -> BasesMemory:
+    """The shared memory extended by the classes of ``local`` (a task's real data,
+    labels ``0..n-1``), with ``num_bases`` bases and ``slots`` per class.
+
+    1. Bases: the previous ones, then new ones up to ``num_bases`` (the principal
+       directions of the task's images outside their span; for the first task all of
+       them, as in the usual start).
+    2. Earlier classes: their addressing, zero on the new bases (their recalls do not
+       change), brought to ``slots`` per class (:func:`resize_slots`).
+    3. New classes: least-squares addressing of ``slots`` real images per class against
+       all bases (:func:`~memdistill.memory.solve_addressing`).
+    """
+    c, h, w = local.image_shape
+    low = (h // downsample, w // downsample)
+    sample = real_per_class(local, min(200, max(slots, 50)), generator).flatten(0, 1)
+    if previous is None:
+        bases, old = principal_bases(sample, num_bases, low), None
+    else:
+        bases = previous.tensors["bases"].detach().double()
+        if num_bases < bases.shape[0]:
+            raise ConfigError(f"the shared memory cannot drop bases ({bases.shape[0]} -> {num_bases})")
+        if num_bases > bases.shape[0]:
+            bases = torch.cat([bases, _residual_bases(sample, bases, num_bases - bases.shape[0], low)])
+        old = F.pad(previous.tensors["addressing"].detach().double(), (0, num_bases - previous.tensors["bases"].shape[0]))
+        old = resize_slots(old, bases, slots, generator, (h, w))
+    new = solve_addressing(bases, real_per_class(local, slots, generator))
+    addressing = new if old is None else torch.cat([old, new], dim=1)
+    return BasesMemory({"bases": bases.float(), "addressing": addressing.float()}, (c, h, w),
+                       addressing.shape[1], slots)
+
+
+# ---------------------------------------------------------------- distillation
+class ReplaySource:
+    """Where the shared memory's outer loss reads its images: indices below
+    ``len(real)`` are the current task's real images, the others the examples recalled
+    from the frozen memory (``recalled_x`` ``(M, C, H, W)``, normalised, and their classes
+    ``recalled_y`` ``(M,)``). :meth:`class_index` sends an earlier class only to recalled
+    examples: the old-class term never reads real data."""
+
+    def __init__(self, real: ImageDataset, recalled_x: torch.Tensor, recalled_y: torch.Tensor) -> None:
+        self.real, self.x, self.y = real, recalled_x, recalled_y
+        self.n = len(real)
+
+    def class_index(self, num_classes: int) -> list[torch.Tensor]:
+        """Per class, the indices of its images: real ones for the task's classes,
+        recalled ones (offset by ``len(real)``) for the earlier classes."""
+        out = []
+        for c in range(num_classes):
+            real, recalled = self.real.indices_of_class(c), torch.nonzero(self.y.cpu() == c).flatten()
+            if len(real) and len(recalled):
+                raise ConfigError(f"class {c} has both real and recalled examples in one task")
+            out.append(real if len(real) else recalled + self.n)
+        return out
+
+    def batch(self, indices: torch.Tensor, device: torch.device | str | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images ``(N, C, H, W)`` and classes ``(N,)`` of ``indices``."""
+        indices = torch.as_tensor(indices, dtype=torch.long).cpu()
+        mine = indices < self.n
+        xr, yr = self.real.batch(indices[mine], device=device)
+        x = torch.empty((len(indices), *xr.shape[1:]), dtype=xr.dtype, device=xr.device)
+        y = torch.empty(len(indices), dtype=torch.long, device=xr.device)
+        at = mine.to(xr.device)
+        x[at], y[at] = xr, yr
+        x[~at] = self.x[indices[~mine] - self.n].to(x)
+        y[~at] = self.y[indices[~mine] - self.n].to(y)
+        return x, y
+
+
+class SharedDistiller(Distiller):
+    """A :class:`~memdistill.distill.Distiller` of the shared memory over every class
+    seen: the outer loss reads ``current``'s real images for the task's classes and only
+    ``recalled`` examples (from the frozen memory) for the earlier ones
+    (:class:`ReplaySource`), weighted per class by ``class_weight``. The validation
+    evaluation at the end of a run is skipped (the continual learner tests the memory).
+
+    Args:
+        current: the task's real data, labels in ``0..seen-1`` and ``seen`` class names.
+        recalled: ``(x, y)`` recalled examples of the earlier classes.
+        initial_memory: the memory over the ``seen`` classes to start from.
+    """
+
+    def __init__(self, config: DistillConfig, current: ImageDataset, recalled: tuple[torch.Tensor, torch.Tensor],
+                 initial_memory: BasesMemory, class_weight: torch.Tensor | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__(config, current, device=device, initial_memory=initial_memory)
+        source = ReplaySource(self._inputs.real, recalled[0].to(self.device), recalled[1].to(self.device))
+        self._inputs = dataclasses.replace(self._inputs, real=source,
+                                           class_index=source.class_index(self.train.num_classes),
+                                           class_weight=class_weight)
+
+    @property
+    def source(self) -> ReplaySource:
+        return self._inputs.real
+
+    def evaluate_memory(self, memory, split=None):
+        return None if split is None else super().evaluate_memory(memory, split)
+
+
+# --------------------------------------------------------------------- strategy
+@STRATEGIES.register("shared")
+class SharedStrategy(Strategy):
+    """One ``bases`` memory for the whole stream (module docstring): bases shared by
+    every class seen, addressing rows added per task, distilled on the task's real data
+    and on recalls of a frozen copy for the earlier classes."""
+
+    name = "shared"
+
+    def __init__(self, options: StrategyOptions) -> None:
+        super().__init__(options)
+        self.memory: BasesMemory | None = None
+
+    def task_config(self, index: int, dataset: str, num_bases: int) -> DistillConfig:
+        """Task ``index``'s distillation: the preset's budget-1 schedule, ``num_bases``
+        bases, then ``distill_overrides``."""
+        o = self.options
+        flags = {"memory.kind": "bases", "seed": o.seed + index, "zca": 0.0, "evaluation.every": 0,
+                 "evaluation.at_start": False, **base_schedule(o.preset), "memory.num_bases": num_bases,
+                 "memory.downsample": o.downsample}
+        return resolve(o.preset, dataset, o.budget_ipc, kind="bases", flags=flags, flags_source="continual",
+                       sets=o.distill_overrides.items(), sets_source="distill_overrides")
+
+    def check_fits(self, benchmark: Benchmark) -> None:
+        k = 0
+        for t in range(benchmark.num_tasks):
+            k, _ = shared_sizes(self.options, benchmark.image_shape, benchmark.classes_seen(t),
+                                benchmark.num_classes, k)
+        mc = self.task_config(0, benchmark.train.name, k).memory
+        if mc.learned_labels or mc.label_space != "onehot" or mc.kind != "bases":
+            raise ConfigError("shared: the memory must be a one-hot 'bases' memory without learned labels "
+                              "(drop memory.learned_labels / memory.label_space / memory.kind overrides)")
+
+    def learn_task(self, index, classes, data):
+        o = self.options
+        if self.image_shape is None:
+            self.image_shape, self.final_classes = data.image_shape, data.num_classes
+        seen, old = classes[-1] + 1, classes[0]
+        frozen = self.memory  # the memory as it stood before this task; never modified
+        k, r = shared_sizes(o, self.image_shape, seen, self.final_classes,
+                            0 if frozen is None else frozen.tensors["bases"].shape[0])
+        cfg = self.task_config(index, data.name, k)
+        start = grow_memory(frozen, local_view(data, classes), k, r, o.downsample,
+                            torch.Generator().manual_seed(cfg.seed))
+        recalled = frozen.recall() if frozen is not None else (
+            torch.empty((0, *self.image_shape)), torch.empty(0, dtype=torch.long))
+        current = dataclasses.replace(data, classes=tuple(data.classes[:seen]), extra_labels={})
+        distiller = SharedDistiller(cfg, current, recalled, start, replay_class_weight(o.replay_weight, old, seen),
+                                    device=o.device)
+        result = distiller.run(progress=o.progress, time_limit=o.distill_seconds)
+        memory = result.memory
+        memory.tensors = {n: v.detach().cpu() for n, v in memory.tensors.items()}
+        self.memory = memory
+        return {"num_bases": k, "slots_per_class": r, "distill_iterations": result.iterations,
+                "replayed_examples": int(len(recalled[1])), "memory_options": memory.options()}
+
+    def training_set(self, current):
+        return TrainingSet(*self.memory.recall())
+
+    def floats_stored(self):
+        return 0 if self.memory is None else self.memory.floats_stored()
+
+    def final_memory(self):
+        return self.memory
+
+
+def check_memory_export(benchmark: Benchmark) -> None:
+    """Refuse (:class:`ConfigError`) a benchmark whose shared memory cannot be written as
+    a memory file of one dataset (:func:`save_shared_memory`)."""
+    if not benchmark.class_order or benchmark.name.startswith("many"):
+        raise ConfigError(f"saving the shared memory needs a split benchmark of one dataset; {benchmark.name!r} "
+                          "has no single dataset a memory file could name (evaluate it through the continual run)")
+
+
+def save_shared_memory(path: str | Path, memory: BasesMemory, benchmark: Benchmark,
+                       extra: dict[str, Any] | None = None) -> Path:
+    """Write a ``shared`` run's final memory as an ordinary memory file of the
+    benchmark's dataset (rows back in the dataset's own class order), which
+    ``memdistill evaluate``, ``show`` and ``derive`` read like any other.
+
+    Raises:
+        ConfigError: the benchmark is not a split of one dataset (MANY mixes datasets),
+            or the memory does not cover every class.
+    """
+    check_memory_export(benchmark)
+    order = list(benchmark.class_order)
+    if memory.num_classes != len(order):
+        raise ConfigError(f"the memory covers {memory.num_classes} of the {len(order)} classes; save it after the "
+                          "last task")
+    inv = torch.argsort(torch.tensor(order))  # inv[o]: the row of original class o
+    out = BasesMemory({"bases": memory.tensors["bases"], "addressing": memory.tensors["addressing"][:, inv]},
+                      memory.image_shape, memory.num_classes, memory.slots)
+    train = benchmark.train
+    names = [benchmark.class_names[int(i)] for i in inv]
+    record = {"continual": {"benchmark": benchmark.name, "class_order": order, **(extra or {})}}
+    if train.source is not None:
+        record["dataset"] = train.source
+    return save_memory(path, out, dataset=train.name, classes=names, mean=train.mean, std=train.std,
+                       train_size=len(train), extra=record)

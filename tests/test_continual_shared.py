@@ -1,0 +1,346 @@
+"""The ``shared`` continual strategy (one bases memory for the stream), the fixed-total
+budget mode with exemplar eviction, and ``--init-from-previous``'s re-solved addressing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from memdistill.continual import (
+    LearnerConfig,
+    StrategyOptions,
+    create_benchmark,
+    create_strategy,
+    run_continual,
+    shared_sizes,
+)
+from memdistill.continual import shared as shared_mod
+from memdistill.continual.shared import grow_memory, replay_class_weight, resize_slots
+from memdistill.continual.strategies import exemplar_quotas, local_view, refit_generator
+from memdistill.distill import Distiller
+from memdistill.errors import ConfigError, TaskDataRevokedError, UnknownNameError
+from memdistill.evaluate import select_subset
+from memdistill.memory import BasesMemory, load_memory, solve_addressing
+from memdistill.memory.types import real_per_class
+from test_continual import TINY_DISTILL, _synthetic_benchmark
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _recall_error(memory_tensors, targets, memory):
+    """Squared error of slot ``i`` of class ``c`` against ``targets[c, i]``."""
+    L, r = targets.shape[:2]
+    cls, slots = torch.arange(L).repeat_interleave(r), torch.arange(r).repeat(L)
+    x, _ = memory.recall_from(memory_tensors, cls, slots)
+    return float((x.double() - targets.flatten(0, 1).double()).pow(2).sum())
+
+
+# ------------------------------------------------------- init from previous
+def test_init_from_previous_re_solves_the_addressing_against_the_swapped_bases():
+    """The starting point of task 2 keeps task 1's bases and its addressing is the
+    least-squares solution against them: its recall of the task's real images is the
+    best these bases give, far better than the addressing fitted to other bases."""
+    b = _synthetic_benchmark()
+    frozen = {**TINY_DISTILL, "outer.iterations": 0}
+    strat = create_strategy("memories", budget_ipc=2, distill_overrides=frozen, init_from_previous=True)
+    for task in b.stream():
+        if task.index == 0:
+            strat.learn_task(0, task.classes, task.train)
+            continue
+        local = local_view(task.train, task.classes)
+        cfg = strat.task_config(1, local.name, local.image_shape, local.num_classes)
+        start = strat._initial_memory(cfg, local)
+        distiller = Distiller(cfg, local)
+        own = distiller.new_memory()  # the task's own start: its bases and the addressing fitted to them
+    prev_bases = strat.memories[0][1].tensors["bases"]
+    assert torch.equal(start.tensors["bases"], prev_bases)
+    targets = real_per_class(distiller.train, start.slots, refit_generator(cfg.seed))
+    expected = solve_addressing(prev_bases, targets).float()
+    assert torch.allclose(start.tensors["addressing"], expected, atol=1e-5)
+    # against the same real images, the mismatched addressing (fitted to the task's own
+    # bases, then swapped onto the previous bases) recalls worse (here the images' own
+    # noise, which no 8 bases hold, is most of either error: 16.5k vs 20.8k)
+    mismatched = {"bases": prev_bases, "addressing": own.tensors["addressing"].detach()}
+    refit = _recall_error(start.tensors, targets, start)
+    assert refit < 0.9 * _recall_error(mismatched, targets, start)
+    # and it is a least-squares optimum: perturbing the addressing only adds error
+    g = torch.Generator().manual_seed(1)
+    nudged = {**start.tensors, "addressing": start.tensors["addressing"]
+              + 0.01 * torch.randn(start.tensors["addressing"].shape, generator=g)}
+    assert refit < _recall_error(nudged, targets, start)
+
+
+def test_solve_addressing_matches_lstsq_on_upsampled_bases():
+    g = torch.Generator().manual_seed(0)
+    bases, targets = torch.randn(5, 1, 4, 4, generator=g), torch.randn(3, 2, 1, 8, 8, generator=g)
+    a = solve_addressing(bases, targets)  # (r, L, K)
+    assert a.shape == (2, 3, 5)
+    up = F.interpolate(bases.double(), size=(8, 8), mode="bilinear", align_corners=False).flatten(1)
+    for c in range(3):
+        for i in range(2):
+            ref = torch.linalg.lstsq(up.T, targets[c, i].double().flatten()[:, None]).solution.flatten()
+            assert torch.allclose(a[i, c], ref, atol=1e-8)
+
+
+# ------------------------------------------------------------------ sizes
+def test_shared_sizes_per_class_and_fixed_total():
+    per = StrategyOptions(budget_ipc=1)
+    sizes = [shared_sizes(per, (1, 28, 28), n, 10) for n in (2, 4, 6, 8, 10)]
+    assert sizes == [(4, 98), (8, 49), (12, 32), (16, 24), (16, 29)]  # = a memories task memory at 2 classes
+    total = StrategyOptions(budget_ipc=1, budget_mode="total")
+    sizes = [shared_sizes(total, (1, 28, 28), n, 10) for n in (2, 4, 6, 8, 10)]
+    assert [k for k, _ in sizes] == [4, 7, 10, 13, 16]  # the classes' share of the final K = 16
+    for n, (k, r) in zip((2, 4, 6, 8, 10), sizes):
+        floats = k * 196 + r * k * n
+        assert floats <= 7840 and 7840 - floats < k * n  # the most slots the total holds
+    with pytest.raises(ConfigError, match=r"cannot hold 1 base.*one addressing slot for each of 10 classes.*"
+                                          r"the minimum is 206 floats \(--budget-total 206"):
+        shared_sizes(StrategyOptions(budget_mode="total", budget_total=200), (1, 28, 28), 10, 10)
+
+
+def test_exemplar_quotas_only_shrink_as_classes_arrive():
+    opts = StrategyOptions(budget_ipc=1.5, budget_mode="total")  # 15 images for 10 classes
+    quotas = [exemplar_quotas(opts, (1, 28, 28), n, 10) for n in (2, 4, 6, 8, 10)]
+    assert quotas[0] == [8, 7] and quotas[1] == [4, 4, 4, 3] and quotas[-1] == [2] * 5 + [1] * 5
+    for before, after in zip(quotas, quotas[1:]):
+        assert sum(after) == 15 and all(a <= b for a, b in zip(after, before))
+    assert exemplar_quotas(StrategyOptions(budget_ipc=3.7), (1, 28, 28), 4, 10) == [3] * 4
+
+
+def test_herding_evicts_the_tail_of_each_class_selection():
+    b = _synthetic_benchmark(classes=6, tasks=3)
+    strat = create_strategy("herding", budget_ipc=1, budget_mode="total")
+    strat.begin(b)
+    first = None
+    for task in b.stream():
+        strat.learn_task(task.index, task.classes, task.train)
+        if task.index == 0:
+            local = local_view(task.train, task.classes)
+            first = task.train.images[select_subset(local, 3, "herding", seed=0)].clone()
+        counts = [len(strat.kept[c]) for c in range(b.classes_seen(task.index))]
+        assert counts == [[3, 3], [2, 2, 1, 1], [1] * 6][task.index]  # 6 images: an even share, evicting
+        assert strat.floats_stored() <= strat.budget_floats(b.classes_seen(task.index)) == 6 * 256
+    # class 0 kept the first of its 3 herding picks of task 1 (herding's choice of one)
+    assert torch.equal(strat.kept[0], first[:1])
+    assert [len(strat.kept[c]) for c in range(6)] == [1] * 6
+
+
+# ------------------------------------------------------------ growing the memory
+def test_grow_memory_keeps_earlier_recalls_and_fits_new_rows_by_least_squares():
+    b = _synthetic_benchmark(classes=4, tasks=2)
+    g = torch.Generator().manual_seed(0)
+    stream = b.stream()
+    tasks = iter(stream)
+    t0 = next(tasks)
+    first = grow_memory(None, local_view(t0.train, t0.classes), 3, 5, 2, g)
+    assert first.tensors["bases"].shape == (3, 1, 8, 8) and first.tensors["addressing"].shape == (5, 2, 3)
+    t1 = next(tasks)
+    local = local_view(t1.train, t1.classes)
+    g1 = torch.Generator().manual_seed(1)
+    grown = grow_memory(first, local, 6, 5, 2, g1)
+    assert grown.num_classes == 4 and grown.tensors["bases"].shape[0] == 6
+    assert torch.equal(grown.tensors["bases"][:3], first.tensors["bases"])
+    # earlier classes recall exactly what they did (zero weight on the new bases)
+    assert torch.allclose(grown.recall(classes=[0, 1])[0], first.recall()[0], atol=1e-5)
+    # the new bases lie outside the span of the old ones
+    old = first.tensors["bases"].double().flatten(1)
+    new = grown.tensors["bases"][3:].double().flatten(1)
+    assert float((new @ torch.linalg.pinv(old) @ old - new).norm()) > 0.9 * float(new.norm())
+    # new rows: least squares against all six bases of the images grow_memory drew
+    g1 = torch.Generator().manual_seed(1)
+    real_per_class(local, 50, g1)  # the sample its new bases came from
+    targets = real_per_class(local, 5, g1)
+    expected = solve_addressing(grown.tensors["bases"], targets).float()
+    assert torch.allclose(grown.tensors["addressing"][:, 2:], expected, atol=1e-4)
+
+
+def test_resize_slots_keeps_a_subset_or_adds_midpoints():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 3, 4, generator=g, dtype=torch.float64)
+    bases = torch.randn(4, 1, 4, 4, generator=g)
+    fewer = resize_slots(a, bases, 2, g, (8, 8))
+    assert fewer.shape == (2, 3, 4)
+    for c in range(3):  # each class keeps two of its own rows
+        assert all(any(torch.equal(row, a[i, c]) for i in range(6)) for row in fewer[:, c])
+    more = resize_slots(a, bases, 9, g, (8, 8))
+    assert more.shape == (9, 3, 4) and torch.equal(more[:6], a)
+    for c in range(3):
+        for row in more[6:, c]:
+            mids = [(a[i, c] + a[j, c]) / 2 for i in range(6) for j in range(6) if i != j]
+            assert any(torch.allclose(row, m) for m in mids)
+
+
+# --------------------------------------------------- frozen copy and revocation
+def test_old_classes_are_trained_only_on_recalls_of_the_frozen_copy(monkeypatch):
+    """While task t is current the earlier classes' outer-loss examples are exactly
+    the frozen pre-task memory's recalls (never real images), the frozen copy is not
+    changed by the distillation, and past tasks' real data is gone from the stream."""
+    b = _synthetic_benchmark(classes=6, tasks=3)
+    seen_sources = []
+
+    class Recording(shared_mod.SharedDistiller):
+        def __init__(self, config, current, recalled, initial_memory, class_weight=None, device="cpu"):
+            super().__init__(config, current, recalled, initial_memory, class_weight, device)
+            seen_sources.append((self.source, self._inputs.class_index, current))
+
+    monkeypatch.setattr(shared_mod, "SharedDistiller", Recording)
+    strat = create_strategy("shared", budget_ipc=2, distill_overrides={**TINY_DISTILL, "outer.iterations": 2})
+    strat.begin(b)
+    tasks, datas = [], []
+    for task in b.stream():
+        before = None if strat.memory is None else strat.memory
+        snapshot = None if before is None else {k: v.clone() for k, v in before.tensors.items()}
+        data = task.train
+        strat.learn_task(task.index, task.classes, data)
+        source, class_index, current = seen_sources[-1]
+        old = task.classes[0]
+        assert set(current.labels.unique().tolist()) == set(task.classes)  # real data: new classes only
+        for c in range(task.classes[-1] + 1):
+            idx = class_index[c]
+            assert len(idx) > 0
+            if c < old:  # an earlier class: recalled examples only, exactly the frozen copy's recalls
+                assert bool((idx >= source.n).all())
+                x, y = source.batch(idx)
+                ref_x, ref_y = before.recall(classes=[c])
+                assert torch.equal(y, ref_y) and torch.allclose(x, ref_x)
+            else:
+                assert bool((idx < source.n).all())
+        if before is not None:  # the frozen copy was not touched; the live memory moved on
+            assert all(torch.equal(before.tensors[k], snapshot[k]) for k in snapshot)
+            assert strat.memory is not before
+        for past, past_data in zip(tasks, datas):
+            with pytest.raises(TaskDataRevokedError):
+                past.train
+            assert past_data.images.numel() == 0
+        kept = strat.training_set(None)
+        x, y = kept.get(torch.arange(len(kept)))
+        assert sorted(y.unique().tolist()) == list(range(task.classes[-1] + 1)) and bool(torch.isfinite(x).all())
+        tasks.append(task)
+        datas.append(data)
+    assert len(seen_sources) == 3 and seen_sources[0][0].x.numel() == 0  # nothing to replay at first
+
+
+def test_replay_weight_weighs_old_against_new():
+    assert replay_class_weight("classes", 4, 6) is None and replay_class_weight(0.3, 0, 2) is None
+    w = replay_class_weight(0.3, 4, 6)
+    assert torch.allclose(w, torch.tensor([0.075] * 4 + [0.35] * 2))
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(12, 6, generator=g), torch.arange(6).repeat_interleave(2)
+    ce = F.cross_entropy(logits, y, reduction="none")
+    expected = 0.3 * ce[y < 4].mean() + 0.7 * ce[y >= 4].mean()
+    assert torch.allclose(F.cross_entropy(logits, y, weight=w), expected)
+    with pytest.raises(ConfigError, match="replay_weight must be 'classes' or a number in"):
+        StrategyOptions(replay_weight=1.5)
+
+
+# ----------------------------------------------------------------- bad input
+def test_bad_budgets_and_modes_fail_with_clear_errors():
+    b = _synthetic_benchmark(classes=6, tasks=3)
+    # one 8 x 8 basis (64 floats) and one slot for each of the 6 classes (6 floats): 70
+    with pytest.raises(ConfigError, match="shared: a total budget of 69 floats cannot hold.*minimum is 70 floats"):
+        create_strategy("shared", budget_mode="total", budget_total=69).begin(b)
+    create_strategy("shared", budget_mode="total", budget_total=70).begin(b)
+    with pytest.raises(ConfigError, match="fewer than one real image .* for each of the 6 classes"):
+        create_strategy("herding", budget_mode="total", budget_ipc=0.5).begin(b)
+    with pytest.raises(ConfigError, match="'memories' cannot honour the 'total' budget mode.*per-class run"):
+        create_strategy("memories", budget_mode="total").begin(b)
+    with pytest.raises(ConfigError, match="unknown budget mode 'fixed'; valid: per-class, total"):
+        StrategyOptions(budget_mode="fixed")
+    with pytest.raises(ConfigError, match="budget_total .* needs budget_mode='total'"):
+        StrategyOptions(budget_total=1000)
+    with pytest.raises(UnknownNameError, match="valid choices"):
+        create_strategy("replay")
+    with pytest.raises(ConfigError, match="without learned labels"):
+        create_strategy("shared", distill_overrides={"memory.learned_labels": True}).begin(b)
+
+
+# ------------------------------------------------------------ real Split MNIST
+SHORT = {"outer.iterations": 3, "outer.pool_size": 0, "inner.steps": 3, "inner.width": 8, "inner.n_per_class": 5,
+         "outer.real_per_class": 10}
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_shared_beats_finetune_on_split_mnist(data_root, seed):
+    """Measured with these settings (final average accuracy, seeds 0 / 1 / 2): shared
+    0.80 / 0.66 / 0.74, finetune 0.19 / 0.19 (it knows only the last two classes)."""
+    bench = create_benchmark("split-mnist", root=data_root, seed=seed)
+    learner = LearnerConfig(steps=60, width=16, batch_size=64, test_per_class=50, seed=seed)
+    opts = StrategyOptions(budget_ipc=1, seed=seed, distill_overrides=SHORT)
+    shared = run_continual(bench, "shared", opts, learner)
+    ft = run_continual(bench, "finetune", opts, learner)
+    assert ft.final_average_accuracy < 0.25
+    assert shared.final_average_accuracy > ft.final_average_accuracy + 0.35
+    assert shared.forgetting < ft.forgetting - 0.4
+    assert all(f <= b for f, b in zip(shared.floats_stored, shared.budget_floats))
+    assert [i["num_bases"] for i in shared.task_info] == [4, 8, 12, 16, 16]
+
+
+def test_cli_shared_fixed_total_writes_a_normal_memory_file(tmp_path, data_root, capsys):
+    """``--strategy shared --budget-total-ipc`` runs, records the stored floats per task,
+    and ``--save-memory`` writes a memory file of MNIST (rows in MNIST's class order)
+    that ``show``, ``evaluate`` and ``derive`` read."""
+    from memdistill.cli import main
+
+    out, mem = tmp_path / "run.json", tmp_path / "m.safetensors"
+    args = ["continual", "--benchmark", "split-mnist", "--strategy", "shared,herding", "--budget-total-ipc", "1",
+            "--iterations", "1", "--set", "inner.steps=2", "--set", "inner.width=8", "--set", "outer.pool_size=0",
+            "--steps", "3", "--width", "8", "--test-per-class", "5", "--root", str(data_root), "--out", str(out),
+            "--save-memory", str(mem), "--no-progress"]
+    assert main(args) == 0
+    saved = json.loads(out.read_text())
+    assert saved["budget_mode"] == "total"
+    for r in saved["results"]:
+        assert r["budget_floats"] == [7840] * 5 and max(r["floats_stored"]) <= 7840 and r["budget_mode"] == "total"
+    mf = load_memory(mem)
+    bench = create_benchmark("split-mnist", root=data_root)
+    order = list(bench.class_order)
+    assert mf.dataset == "mnist" and mf.meta["extra"]["continual"]["class_order"] == order
+    # row o of the file is MNIST's class o, which the benchmark called id order.index(o)
+    assert mf.classes == [bench.class_names[order.index(o)] for o in range(10)]
+    assert mf.memory.floats_stored() == saved["results"][0]["floats_stored"][-1]
+    assert main(["show", str(mem), "--png", str(tmp_path / "m.png")]) == 0
+    assert main(["evaluate", str(mem), "--runs", "1", "--epochs", "1", "--width", "8", "--root", str(data_root),
+                 "--out", str(tmp_path / "e.json"), "--no-progress"]) == 0
+    assert main(["derive", str(mem), "--task", "odd-even", "--out", str(tmp_path / "d.safetensors"), "--no-real",
+                 "--epochs", "1", "--width", "8", "--root", str(data_root), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["continual", "--benchmark", "split-mnist", "--strategy", "memories", "--budget-total-ipc", "1",
+                 "--root", str(data_root)]) == 2
+    assert "cannot honour" in capsys.readouterr().err
+    assert main(["continual", "--benchmark", "many:mnist,fashion-mnist", "--strategy", "shared",
+                 "--save-memory", str(mem), "--root", str(data_root)]) == 2
+    assert "split benchmark of one dataset" in capsys.readouterr().err
+
+
+def test_saved_shared_memory_rows_follow_the_dataset_class_order(tmp_path):
+    b = _synthetic_benchmark()
+    b = b.__class__(**{**b.__dict__, "class_order": (2, 0, 3, 1)})
+    g = torch.Generator().manual_seed(0)
+    mem = BasesMemory({"bases": torch.randn(3, 1, 8, 8, generator=g), "addressing": torch.randn(2, 4, 3, generator=g)},
+                      (1, 16, 16), 4, 2)
+    path = shared_mod.save_shared_memory(tmp_path / "s.safetensors", mem, b)
+    mf = load_memory(path)
+    for i, o in enumerate((2, 0, 3, 1)):  # benchmark id i is the dataset's class o
+        assert torch.allclose(mf.memory.recall(classes=[o])[0], mem.recall(classes=[i])[0])
+        assert mf.classes[o] == b.class_names[i]
+
+
+def test_validation_benchmark_holds_out_training_images_and_never_the_test_split():
+    b = _synthetic_benchmark(per_class=20)
+    v = b.validation(fraction=0.25, seed=3)
+    assert v.tasks == b.tasks and v.name == "synthetic (validation)"
+    assert torch.equal(torch.bincount(v.test.labels), torch.full((4,), 5))  # stratified: 5 of 20 per class
+    assert len(v.train) + len(v.test) == len(b.train)
+    both = torch.cat([v.train.images, v.test.images]).flatten(1)
+    assert len(torch.unique(both, dim=0)) == len(b.train)  # disjoint, together the training split
+    assert set(map(tuple, v.test.images.flatten(1).tolist())) <= set(map(tuple, b.train.images.flatten(1).tolist()))
+    assert torch.equal(b.validation(fraction=0.25, seed=3).test.images, v.test.images)
