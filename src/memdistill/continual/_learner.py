@@ -271,6 +271,11 @@ def plot_results(results: Sequence[ContinualResult], path: str | Path, title: st
     ax.set_xlabel("tasks learned")
     ax.set_ylabel("accuracy on seen classes (%)")
     ax.set_ylim(0, 100)
+    return _finish_plot(fig, ax, path, title)
+
+
+def _finish_plot(fig, ax, path: str | Path, title: str | None) -> Path:
+    """Grid, legend and title of a continual plot, then the PNG written atomically."""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if title:
@@ -301,10 +306,4 @@ def plot_storage(results: Sequence[ContinualResult], path: str | Path, title: st
     ax.set_xlabel("classes seen")
     ax.set_ylabel("floats stored")
     ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return atomic_write_bytes(path, buf.getvalue())
+    return _finish_plot(fig, ax, path, title)
