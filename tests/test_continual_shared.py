@@ -261,6 +261,9 @@ def test_bad_budgets_and_modes_fail_with_clear_errors():
         create_strategy("replay")
     with pytest.raises(ConfigError, match="without learned labels"):
         create_strategy("shared", distill_overrides={"memory.learned_labels": True}).begin(b)
+    for key, flag in (("memory.num_bases", "--bases"), ("memory.downsample", "--downsample")):
+        with pytest.raises(ConfigError, match=f"shared: {key} cannot be overridden.*use {flag}"):
+            create_strategy("shared", distill_overrides={key: 4}).begin(b)
 
 
 # ------------------------------------------------------------ real Split MNIST

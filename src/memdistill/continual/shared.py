@@ -250,6 +250,12 @@ class SharedStrategy(Strategy):
                        sets=o.distill_overrides.items(), sets_source="distill_overrides")
 
     def check_fits(self, benchmark: Benchmark) -> None:
+        sized_here = {"memory.num_bases": "--bases (StrategyOptions.num_bases)",
+                      "memory.downsample": "--downsample (StrategyOptions.downsample)"}
+        for key, use in sized_here.items():
+            if key in self.options.distill_overrides:
+                raise ConfigError(f"shared: {key} cannot be overridden: the shared memory sizes its bases "
+                                  f"itself from the budget; use {use} instead")
         k = 0
         for t in range(benchmark.num_tasks):
             k, _ = shared_sizes(self.options, benchmark.image_shape, benchmark.classes_seen(t),
