@@ -39,6 +39,8 @@ from memdistill._io import atomic_write_text  # noqa: E402
 from memdistill.config import resolve  # noqa: E402
 from memdistill.data import load_dataset  # noqa: E402
 from memdistill.distill import Distiller  # noqa: E402
+from memdistill.evaluate import TrainingSet, evaluate  # noqa: E402
+from memdistill.evaluate.selection import select_subset  # noqa: E402
 
 OUT = DOCS / "bench"
 IMG = DOCS / "img"
@@ -78,6 +80,18 @@ def _slice(d: Distiller, ckpt: Path, seconds: float):
     return sum(r["seconds"] for r in res.history), res.iterations, res.memory
 
 
+def herding_reference(d: Distiller, budget_ipc: float) -> dict[str, Any]:
+    """Herding at equal storage, judged like the memories: ``budget_ipc`` real images per
+    class herded from the distiller's own training part (the validation part is never a
+    candidate), retrained by the run's evaluator and scored on the same validation split."""
+    ec = d.config.evaluation
+    ipc = max(1, int(budget_ipc))
+    idx = select_subset(d.train, ipc, "herding")
+    res = evaluate(TrainingSet(d.train.subset(idx), device=d.device), d.val, ec, runs=ec.runs,
+                   seed=d.config.seed, device=d.device)
+    return {"mean": res.mean, "std": res.std, "images_per_class": ipc}
+
+
 def run_curves(args) -> dict[str, Any]:
     train = load_dataset(args.dataset, "train", root=args.root)
     settings = methods_of(args.preset, args.budget_ipc)
@@ -85,6 +99,7 @@ def run_curves(args) -> dict[str, Any]:
     distillers = {m: Distiller(method_config(args, settings[m]), train) for m in methods}
     first = distillers[methods[0]]
     start = first.evaluate_memory(first.new_memory())
+    herding = herding_reference(first, args.budget_ipc)
     curves: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     spent = {m: 0.0 for m in methods}
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,7 +117,7 @@ def run_curves(args) -> dict[str, Any]:
     return {"dataset": args.dataset, "budget_ipc": args.budget_ipc, "preset": args.preset, "seed": args.seed,
             "seconds": args.seconds, "slices": args.slices, "eval_runs": args.eval_runs, "split": start["split"],
             "methods": {m: settings[m] for m in methods}, "extra_sets": args.set or [],
-            "start": {"mean": start["mean"], "std": start["std"]}, "curves": curves,
+            "start": {"mean": start["mean"], "std": start["std"]}, "herding": herding, "curves": curves,
             "machine": machine(), "date": today(), "torch_threads": torch.get_num_threads(),
             "command": "python bench/curves.py " + " ".join(sys.argv[1:])}
 
@@ -120,6 +135,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ys = [start] + [100 * p["mean"] for p in points]
         ax.plot(xs, ys, marker="o", label=m)
     ax.axhline(start, color="grey", linestyle="--", label="starting point")
+    if "herding" in result:
+        ax.axhline(100 * result["herding"]["mean"], color="black", linestyle=":", label="herding (equal storage)")
     ax.set_xlabel("distillation wall seconds (outer steps only)")
     ax.set_ylabel(f"{result['split']} accuracy (%)")
     ax.set_title(f"{result['dataset']}, budget {result['budget_ipc']:g}, preset {result['preset']}")
@@ -130,10 +147,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _herding_text(result: dict[str, Any]) -> str:
+    if "herding" not in result:
+        return ""
+    h = result["herding"]
+    return f", herding at equal storage ({h['images_per_class']} real images per class) **{100 * h['mean']:.2f}%**"
+
+
 def markdown(result: dict[str, Any], image: str) -> str:
     start = 100 * result["start"]["mean"]
     lines = [f"{result['dataset']}, budget {result['budget_ipc']:g}, preset `{result['preset']}`, seed "
-             f"{result['seed']}; {result['split']} split; starting point **{start:.2f}%**. "
+             f"{result['seed']}; {result['split']} split; starting point **{start:.2f}%**{_herding_text(result)}. "
              f"Machine: {result['machine']}; {result['date']}. Command: `{result['command']}`.", "",
              "| method | settings | seconds | outer steps | accuracy | vs starting point |", "|---|---|---|---|---|---|"]
     for m, points in result["curves"].items():
