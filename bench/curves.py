@@ -51,7 +51,7 @@ FRESH = {("cpu-quick", 1): {"outer.pool_size": 0, "inner.steps": 10, "outer.lr":
          ("cpu-quick", 10): {"outer.pool_size": 0, "inner.steps": 40, "outer.lr": 0.001},
          ("cpu", 1): {"outer.pool_size": 0, "inner.steps": 80, "outer.lr": 0.01},
          ("cpu", 10): {"outer.pool_size": 0, "inner.steps": 40, "outer.lr": 0.001}}
-POOL = {"outer.pool_size": 4, "outer.pool_unroll": 20, "outer.pool_max_steps": 200}
+POOL = {"outer.pool_size": 4, "outer.pool_unroll": 20, "outer.pool_max_steps": 200, "outer.lr": 0.003}
 METHOD_NAMES = ("fresh", "pool", "labels", "pool+labels")
 
 
