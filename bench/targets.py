@@ -92,19 +92,22 @@ def row(cell: dict[str, Any]) -> str:
     refs = " | ".join(_acc(res[r]) if r in res else "-" for r in REFERENCES)
     return (f"| `{cell['preset']}` | {cell['dataset']} | {cell['budget_ipc']:g} | {_acc(res['memory'])} | {refs} | "
             f"{gains} | {'-' if target is None else f'{target:g}'} | {verdict} | "
-            f"{cell['distill_wall_seconds']:.0f} | {cell['threads']} |")
+            f"{len(res['memory']['accuracies'])} | {cell['distill_wall_seconds']:.0f} | "
+            f"{cell['evaluate_wall_seconds']:.0f} | {cell['threads']} |")
 
 
 def render(doc: Path) -> None:
     cells = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
     if not cells:
         return
-    lines = ["Test split, `memdistill evaluate FILE --width 128 --runs 5` (ConvNet-3 width 128, 300 epochs, "
-             "no augmentation unless the file records one); mean ± sample std (ddof 1) over 5 runs. Every "
-             "reference is retrained by the same command with the same runs. Reproduce a row: "
-             "`python bench/targets.py --cells PRESET.DATASET.BUDGET --force`.", "",
+    lines = ["Test split, `memdistill evaluate FILE --width 128 --runs R` (ConvNet-3 width 128, 300 epochs, "
+             "no augmentation unless the file records one); mean ± sample std (ddof 1) over the R runs of "
+             "the row. Every reference is retrained by the same command with the same runs. Reproduce a "
+             "row: `python bench/targets.py --cells PRESET.DATASET.BUDGET --runs R --threads N --force` "
+             "(each cell's JSON in docs/bench/targets/ holds its two CLI commands).", "",
              "| preset | dataset | budget | memory | its starting point | random real | herding real | "
-             "memory - start / - herding | target | | distill s | threads |", "|" + "---|" * 12]
+             "memory - start / - herding | target | | runs R | distill s | evaluate s | threads |",
+             "|" + "---|" * 14]
     lines += [row(c) for c in cells]
     lines += ["", "Machines and dates: " + "; ".join(sorted({f"{c['machine']}, {c['date']}" for c in cells})) + "."]
     replace_block(doc, "targets", "\n".join(lines), "Targets: the CLI end to end at width 128")
