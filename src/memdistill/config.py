@@ -363,6 +363,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # T = 10 or outer lr 0.01 made it worse. K = 64, T = 40, lr 0.001 for 10 iterations was the
 # best candidate (95.87%). ``cpu`` takes the same setting with its own iteration count
 # (not measured at budget 10).
+# Why it barely learns (docs/RESULTS.md, "Budget 10"): independent meta-gradients agree little
+# (cosine 0.1-0.3, ~55% of signs), and Adam makes full-size steps of that noise.
 # The model pool did not help there (MNIST validation, 20 outer steps of the budget-1 pool:
 # 95.68% -> 95.70% at outer lr 0.001, 94.73% at 0.003): fresh unrolls stay.
 BUDGET10_SETTINGS: dict[str, dict[str, Any]] = {
