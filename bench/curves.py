@@ -89,7 +89,7 @@ def herding_reference(d: Distiller, budget_ipc: float) -> dict[str, Any]:
     idx = select_subset(d.train, ipc, "herding")
     res = evaluate(TrainingSet(d.train.subset(idx), device=d.device), d.val, ec, runs=ec.runs,
                    seed=d.config.seed, device=d.device)
-    return {"mean": res.mean, "std": res.std, "images_per_class": ipc}
+    return {"mean": res.mean, "std": res.std, "std_ddof": 1, "images_per_class": ipc}
 
 
 def run_curves(args) -> dict[str, Any]:
@@ -111,13 +111,13 @@ def run_curves(args) -> dict[str, Any]:
                 spent[m] += done
                 ev = d.evaluate_memory(memory)
                 curves[m].append({"seconds": spent[m], "iterations": iterations, "mean": ev["mean"],
-                                  "std": ev["std"]})
+                                  "std": ev["std"], "std_ddof": 1})
                 print(f"{m:12s} slice {k}: {spent[m]:7.1f} s, {iterations:4d} its, val {100 * ev['mean']:.2f}%",
                       flush=True)
     return {"dataset": args.dataset, "budget_ipc": args.budget_ipc, "preset": args.preset, "seed": args.seed,
             "seconds": args.seconds, "slices": args.slices, "eval_runs": args.eval_runs, "split": start["split"],
             "methods": {m: settings[m] for m in methods}, "extra_sets": args.set or [],
-            "start": {"mean": start["mean"], "std": start["std"]}, "herding": herding, "curves": curves,
+            "start": {"mean": start["mean"], "std": start["std"], "std_ddof": 1}, "herding": herding, "curves": curves,
             "machine": machine(), "date": today(), "torch_threads": torch.get_num_threads(),
             "command": "python bench/curves.py " + " ".join(sys.argv[1:])}
 
