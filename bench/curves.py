@@ -17,7 +17,8 @@ methods, is evaluated once and drawn as its own line.
 
     python bench/curves.py --dataset mnist --budget-ipc 1 --seconds 600 --slices 5
 
-writes ``docs/bench/curves_<dataset>_b<budget>.json``, a PNG plot in ``docs/img/`` and
+writes ``docs/bench/curves_<dataset>_b<budget>.json`` (``..._<preset>.json`` for a preset
+other than ``cpu-quick``), a PNG plot in ``docs/img/`` and
 the table in ``docs/RESULTS.md`` (``--render`` rebuilds plots and tables from the JSON).
 """
 
@@ -92,10 +93,37 @@ def herding_reference(d: Distiller, budget_ipc: float) -> dict[str, Any]:
     return {"mean": res.mean, "std": res.std, "std_ddof": 1, "images_per_class": ipc}
 
 
+def _value(text: str) -> Any:
+    """A ``--method`` value as JSON reads it (numbers, true/false), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_methods(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``--method NAME:KEY=VALUE,KEY=VALUE`` arguments as ``{NAME: {KEY: VALUE}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or ():
+        name, sep, body = item.partition(":")
+        pairs = [kv.split("=", 1) for kv in body.split(",") if kv.strip()] if sep else []
+        if not name.strip() or not sep or any(len(kv) != 2 for kv in pairs):
+            raise SystemExit(f"--method expects NAME:KEY=VALUE[,KEY=VALUE...] "
+                             f"(e.g. fresh-mb4:outer.pool_size=0,outer.meta_batch=4), got {item!r}")
+        if name in METHOD_NAMES:
+            raise SystemExit(f"--method name {name!r} is a built-in method ({', '.join(METHOD_NAMES)}); pick another")
+        out[name.strip()] = {k.strip(): _value(v.strip()) for k, v in pairs}
+    return out
+
+
 def run_curves(args) -> dict[str, Any]:
     train = load_dataset(args.dataset, "train", root=args.root)
-    settings = methods_of(args.preset, args.budget_ipc)
-    methods = [m for m in (args.only.split(",") if args.only else METHOD_NAMES)]
+    custom = parse_methods(args.method)
+    settings = {**methods_of(args.preset, args.budget_ipc), **custom}
+    methods = [m for m in (args.only.split(",") if args.only is not None else METHOD_NAMES) if m] + list(custom)
+    unknown = [m for m in methods if m not in settings]
+    if unknown:
+        raise SystemExit(f"--only: unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHOD_NAMES)}")
     distillers = {m: Distiller(method_config(args, settings[m]), train) for m in methods}
     first = distillers[methods[0]]
     start = first.evaluate_memory(first.new_memory())
@@ -175,7 +203,7 @@ def render(json_path: Path, doc: Path) -> None:
     png = IMG / f"{name}.png"
     plot(result, png)
     replace_block(doc, name, markdown(result, f"img/{png.name}"),
-                  f"Time to quality: {result['dataset']}, budget {result['budget_ipc']:g}")
+                  f"Time to quality: {result['dataset']}, budget {result['budget_ipc']:g}, preset {result['preset']}")
 
 
 def main(argv=None) -> int:
@@ -189,6 +217,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", help=f"comma-separated methods; default all of {', '.join(METHOD_NAMES)}")
     p.add_argument("--set", action="append", help="KEY=VALUE for every method (e.g. outer.lr=0.001)")
+    p.add_argument("--method", action="append",
+                   help="an extra method NAME:KEY=VALUE[,KEY=VALUE...] over the preset, run after the --only ones "
+                        "(e.g. fresh-mb4:outer.pool_size=0,inner.steps=40,outer.lr=0.001,outer.meta_batch=4)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--root", default=None)
     p.add_argument("--doc", type=Path, default=DOCS / "RESULTS.md")
@@ -200,7 +231,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run_curves(args)
-    out = OUT / f"curves_{args.dataset}_b{args.budget_ipc:g}.json"
+    suffix = "" if args.preset == "cpu-quick" else f"_{args.preset}"
+    out = OUT / f"curves_{args.dataset}_b{args.budget_ipc:g}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1))
     render(out, args.doc)
