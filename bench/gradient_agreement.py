@@ -5,7 +5,7 @@ different recalled slots and real batches: outer iterations 0, 1, 2, ...) are co
 without any outer update. Per memory tensor it prints the cosine similarity of each pair
 and the fraction of elements whose sign agrees between the first two. Adam's step is close
 to a sign step per element, so a sign agreement near 50% means its steps are mostly a
-random walk (docs/RESULTS.md, "Budget 10").
+random walk (docs/RESULTS.md, "Budget 10: why the memory does not learn").
 
     python bench/gradient_agreement.py --budget-ipc 10 --set inner.steps=40
 """

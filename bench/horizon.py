@@ -9,7 +9,7 @@ lowers. Beside it, the validation accuracy of the run's evaluator, which trains 
 to convergence. If the outer loss falls while the accuracy falls, the distillation is
 optimising the wrong horizon (the memory teaches the first T steps faster and serves the
 converged network worse); if the outer loss does not fall either, the outer steps are
-noise (docs/RESULTS.md, "Budget 10").
+noise (docs/RESULTS.md, "Budget 10: why the memory does not learn").
 
     python bench/horizon.py --dataset mnist --budget-ipc 10 --iterations 20
 

@@ -365,8 +365,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 # T = 10 or outer lr 0.01 made it worse. K = 64, T = 40, lr 0.001 for 10 iterations was the
 # best candidate (95.87%). ``cpu`` takes the same setting with its own iteration count
 # (not measured at budget 10).
-# Why it barely learns (docs/RESULTS.md, "Budget 10"): independent meta-gradients agree little
-# (cosine 0.1-0.3, ~55% of signs), and Adam makes full-size steps of that noise.
+# Why it does not learn (docs/RESULTS.md, "Budget 10"): short-horizon bias, not noise. 20 outer
+# steps lower the T = 40 outer loss on 6 of 6 paired probe unrolls (-7%) while the validation
+# accuracy of the converged evaluator falls from 95.97% to 95.28% (bench/horizon.py);
+# averaging 4 unrolls per step only slows the fall (bench/curves.py --budget-ipc 10).
 # The model pool did not help there (MNIST validation, 20 outer steps of the budget-1 pool:
 # 95.68% -> 95.70% at outer lr 0.001, 94.73% at 0.003): fresh unrolls stay.
 BUDGET10_SETTINGS: dict[str, dict[str, Any]] = {
