@@ -106,13 +106,14 @@ def parse_methods(items: list[str] | None) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for item in items or ():
         name, sep, body = item.partition(":")
+        name = name.strip()
         pairs = [kv.split("=", 1) for kv in body.split(",") if kv.strip()] if sep else []
-        if not name.strip() or not sep or any(len(kv) != 2 for kv in pairs):
+        if not name or not sep or any(len(kv) != 2 for kv in pairs):
             raise SystemExit(f"--method expects NAME:KEY=VALUE[,KEY=VALUE...] "
                              f"(e.g. fresh-mb4:outer.pool_size=0,outer.meta_batch=4), got {item!r}")
         if name in METHOD_NAMES:
             raise SystemExit(f"--method name {name!r} is a built-in method ({', '.join(METHOD_NAMES)}); pick another")
-        out[name.strip()] = {k.strip(): _value(v.strip()) for k, v in pairs}
+        out[name] = {k.strip(): _value(v.strip()) for k, v in pairs}
     return out
 
 

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import DOCS, machine, today  # noqa: E402
-from memdistill._io import atomic_write_text
+from memdistill._io import atomic_write_text  # noqa: E402
 from memdistill.config import parse_sets, resolve  # noqa: E402
 from memdistill.data import load_dataset  # noqa: E402
 from memdistill.distill import Distiller  # noqa: E402
@@ -38,7 +38,9 @@ PROBE = 1_000_000  # iteration numbers of the probe unrolls: far past any run's 
 
 
 def outer_losses(d: Distiller, memory, unrolls: int) -> list[float]:
-    """The outer loss of ``memory`` for probe unrolls ``0 .. unrolls-1`` (fresh networks)."""
+    """The outer loss of ``memory`` for probe unrolls ``0 .. unrolls-1`` (fresh networks).
+    The meta-step's gradient is computed and dropped: a few probes per run, not worth a
+    second, forward-only unroll path."""
     return [float(d.meta_step(memory, PROBE + u).loss) for u in range(unrolls)]
 
 

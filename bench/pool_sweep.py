@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     herding = herding_reference(d, args.budget_ipc)["mean"] if args.herding else None
     print(json.dumps({
         "dataset": args.dataset, "budget_ipc": args.budget_ipc, "seed": args.seed, "iterations": res.iterations,
-        "sets": args.set, "start_val": res.start_eval["mean"], "memory_val": res.last_eval["mean"] if res.last_eval else None, "herding_val": herding,
+        "sets": args.set, "start_val": res.start_eval["mean"],
+        "memory_val": res.last_eval["mean"] if res.last_eval else None, "herding_val": herding,
         "distill_seconds": sum(r["seconds"] for r in res.history), "wall_seconds": time.perf_counter() - started,
     }))
     return 0
