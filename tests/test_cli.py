@@ -243,7 +243,7 @@ def test_distill_config_budget10_settings_follow_the_memory_kind(extra, kind, ba
                                       "--preset", "cpu-quick", "--out", "m.safetensors", *extra])
     cfg = _distill_config(args)
     assert (cfg.memory.kind, cfg.memory.num_bases) == (kind, bases)
-    assert cfg.inner.steps == (40 if kind == "bases" else 10)
+    assert cfg.inner.steps == (300 if kind == "bases" else 10)
 
 
 # the required arguments of each command, so that its parser accepts the line
@@ -351,7 +351,7 @@ def test_resolve_applies_preset_budget_toml_flags_and_sets_in_that_order(tmp_pat
     toml.write_text('[memory]\nkind = "images"\n')
     assert resolve("cpu-quick", "mnist", 10, toml=toml).memory.num_bases == 16
     assert resolve("cpu-quick", "mnist", 10, toml=toml, flags={"memory.kind": "bases"}).memory.num_bases == 64
-    assert resolve("cpu-quick", "mnist", 10, kind="images", sets=[("memory.kind", "bases")]).inner.steps == 40
+    assert resolve("cpu-quick", "mnist", 10, kind="images", sets=[("memory.kind", "bases")]).inner.steps == 300
     # the preset's own schedule as flags wins over its budget settings
     assert base_schedule("paper") == {}
     own = resolve("cpu-quick", "mnist", 10, flags=base_schedule("cpu-quick"))

@@ -149,19 +149,19 @@ def test_budget10_settings_apply_to_bases_memories_only():
 
     def key(c):
         return (c.memory.kind, c.memory.num_bases, c.inner.steps, c.outer.lr, c.outer.iterations,
-                c.outer.pool_size)
+                c.outer.pool_size, c.outer.window, c.outer.random_truncation)
 
     b10 = resolve("cpu-quick", "mnist", 10)
-    assert key(b10) == ("bases", 64, 40, 0.001, 10, 0)
+    assert key(b10) == ("bases", 64, 300, 0.003, 20, 0, 20, True)
     assert b10.inner.n_per_class == 20
     base = resolve("cpu-quick", "mnist", 1)
-    assert key(base) == ("bases", 16, 10, 0.003, 40, 4)
+    assert key(base) == ("bases", 16, 10, 0.003, 40, 4, 0, False)
     images = resolve("cpu-quick", "mnist", 10, kind="images")
-    assert key(images) == ("images", 16, 10, 0.003, 40, 4) and images.inner.n_per_class == 20
+    assert key(images) == ("images", 16, 10, 0.003, 40, 4, 0, False) and images.inner.n_per_class == 20
     off = resolve("cpu-quick", "mnist", 10, flags=base_schedule("cpu-quick"))
     assert key(off)[1:] == key(base)[1:] and off.inner.n_per_class == 20
     cpu = resolve("cpu", "mnist", 10)
-    assert (cpu.memory.num_bases, cpu.inner.steps, cpu.outer.lr) == (64, 40, 0.001)
+    assert key(cpu)[1:4] + key(cpu)[6:] == (64, 300, 0.003, 20, True)
     assert cpu.outer.iterations == resolve("cpu", "mnist", 1).outer.iterations
     assert "paper" not in BUDGET10_SETTINGS
     assert key(resolve("paper", "mnist", 10))[1:] == key(resolve("paper", "mnist", 1))[1:]
