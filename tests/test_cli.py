@@ -340,13 +340,17 @@ def test_resolve_applies_preset_budget_toml_flags_and_sets_in_that_order(tmp_pat
     from memdistill.config import base_schedule, parse_sets, resolve
 
     toml = tmp_path / "run.toml"
-    toml.write_text("seed = 4\n[inner]\nsteps = 12\nlr = 0.5\n")
+    with pytest.raises(ConfigError, match="outer.window must be in .0, inner.steps=12., got 20"):
+        toml.write_text("seed = 4\n[inner]\nsteps = 12\n")  # shorter than the budget settings' window
+        resolve("cpu-quick", "mnist", 10, toml=toml)
+    toml.write_text("seed = 4\n[inner]\nsteps = 12\nlr = 0.5\n[outer]\nwindow = 0\nrandom_truncation = false\n")
     cfg = resolve("cpu-quick", "mnist", 10, toml=toml)
     assert (cfg.seed, cfg.inner.steps, cfg.inner.lr, cfg.memory.num_bases) == (4, 12, 0.5, 64)  # TOML over budget
     cfg = resolve("cpu-quick", "mnist", 10, toml=toml, flags={"inner.steps": 13, "seed": None},
                   sets=[("inner.steps", "14"), ("inner.lr", "0.25")])
     assert (cfg.seed, cfg.inner.steps, cfg.inner.lr) == (4, 14, 0.25)  # --set over flags over TOML
-    assert resolve("cpu-quick", "mnist", 10, flags={"inner.steps": 13}).inner.steps == 13
+    assert resolve("cpu-quick", "mnist", 10, flags={"inner.steps": 13, "outer.window": 0,
+                                                    "outer.random_truncation": False}).inner.steps == 13
     # the kind is decided first: the budget settings are for ``bases`` memories only
     toml.write_text('[memory]\nkind = "images"\n')
     assert resolve("cpu-quick", "mnist", 10, toml=toml).memory.num_bases == 16

@@ -187,7 +187,10 @@ class DistillConfig:
             (self.outer.optimizer in ("sgd", "adam"), "outer.optimizer must be sgd or adam"),
             (self.outer.schedule in ("none", "cosine"), "outer.schedule must be none or cosine"),
             (self.outer.unroll in UNROLL_MODES, f"outer.unroll must be one of {', '.join(UNROLL_MODES)}"),
-            (0 <= self.outer.window <= self.inner.steps, f"outer.window must be in [0, inner.steps={self.inner.steps}]"),
+            (0 <= self.outer.window <= self.inner.steps,
+             f"outer.window must be in [0, inner.steps={self.inner.steps}], got {self.outer.window} (at budget >= 10 "
+             "the cpu presets set outer.window=20: with fewer inner steps also set outer.window, 0 for all of "
+             "them, and outer.random_truncation=false)"),
             (not self.outer.random_truncation or self.outer.window > 0, "outer.random_truncation needs outer.window > 0"),
             *self._checkpoint_checks(),
             (self.outer.real_per_class >= 1, "outer.real_per_class must be >= 1"),

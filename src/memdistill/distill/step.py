@@ -227,24 +227,46 @@ def outer_gradient(step: Callable[..., StepResult], memory: Memory, iteration: i
     samples = range(M) if split else dist.shard(M)
     stats_scale = 1.0 / dist.world_size if split else 1.0
     finals: dict[int, tuple] = {}
+    parts: dict[int, tuple[torch.Tensor, ...]] = {}  # unroll j's gradient (unrolls split over ranks)
     for j in samples:
         res = step(memory, iteration, sample=j, **({} if members is None else {"member": members[j]}))
         loss, grads, inner = res
-        acc = [g.clone() for g in grads] if acc is None else [a + g for a, g in zip(acc, grads)]
+        if split:
+            acc = [g.clone() for g in grads] if acc is None else [a + g for a, g in zip(acc, grads)]
+        else:
+            parts[j] = tuple(grads)
         stats[0] += loss * stats_scale
         if inner:
             stats[1] += inner[-1] * stats_scale
             stats[2] += stats_scale
         if res.final is not None:
             finals[j] = res.final[0]
-    if acc is None:  # more ranks than unrolls: this rank contributes nothing
-        acc = [torch.zeros_like(p) for p in memory.parameters()]
-    acc = sum_over_ranks(dist, acc)
+    if not split:
+        acc = _sum_in_order(dist, parts, M, memory.parameters())
+    acc = sum_over_ranks(dist, acc) if split else acc
     dist.all_reduce_sum(stats)
     grads = tuple(a / M for a in acc)
     inner_last = [float(stats[1] / stats[2])] if stats[2] > 0 else []
     final = None if members is None else _gather_finals(dist, finals, members, split)
     return StepResult(float(stats[0] / M), grads, inner_last, final)
+
+
+def _sum_in_order(dist: DistContext, parts: dict[int, tuple[torch.Tensor, ...]], M: int,
+                  like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``sum_j parts[j]`` over all ``M`` unrolls, added in the order ``j = 0, 1, ...``
+    whichever rank computed each: every unroll's gradient reaches every rank by an exact
+    sum with zeros (one rank holds it, the others zeros), then the ranks add them in one
+    order. So the result is bitwise that of one process, for any number of ranks (a sum
+    of per-rank partial sums would add in another order and differ in the last bits)."""
+    if dist.distributed:
+        stacked = [torch.stack([parts[j][i] if j in parts else torch.zeros_like(p) for j in range(M)])
+                   for i, p in enumerate(like)]
+        stacked = sum_over_ranks(dist, stacked)
+        parts = {j: tuple(t[j] for t in stacked) for j in range(M)}
+    acc = [g.clone() for g in parts[0]]
+    for j in range(1, M):
+        acc = [a + g for a, g in zip(acc, parts[j])]
+    return acc
 
 
 def _gather_finals(dist: DistContext, finals: dict[int, tuple], members: Sequence[Member],
