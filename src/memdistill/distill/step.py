@@ -241,9 +241,7 @@ def outer_gradient(step: Callable[..., StepResult], memory: Memory, iteration: i
             stats[2] += stats_scale
         if res.final is not None:
             finals[j] = res.final[0]
-    if not split:
-        acc = _sum_in_order(dist, parts, M, memory.parameters())
-    acc = sum_over_ranks(dist, acc) if split else acc
+    acc = sum_over_ranks(dist, acc) if split else _sum_in_order(dist, parts, M, memory.parameters())
     dist.all_reduce_sum(stats)
     grads = tuple(a / M for a in acc)
     inner_last = [float(stats[1] / stats[2])] if stats[2] > 0 else []
