@@ -373,7 +373,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # ended +0.17 / +0.07 / +0.28 points above the start (seeds 0 / 1 / 2; the T = 40 setting
 # before: -0.1 after 10 steps, -0.69 after 20): level with the start, not a gain worth the
 # name; SGD, a larger real batch, 60 steps, Adam 0.01 or distribution matching did no
-# better. On Fashion-MNIST it learns: +3.67 / +1.74 in 20 steps (seeds 0 / 1), +5.27 with
+# better. On Fashion-MNIST it learns: +3.67 / +1.74 / +3.56 in 20 steps (seeds 0 / 1 / 2), +5.27 with
 # the cpu preset's 75 (docs/RESULTS.md, "Budget 10").
 BUDGET10_SETTINGS: dict[str, dict[str, Any]] = {
     "cpu-quick": {"memory.num_bases": 64, "inner.steps": 300, "outer.window": 20, "outer.random_truncation": True,
