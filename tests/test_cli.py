@@ -340,8 +340,8 @@ def test_resolve_applies_preset_budget_toml_flags_and_sets_in_that_order(tmp_pat
     from memdistill.config import base_schedule, parse_sets, resolve
 
     toml = tmp_path / "run.toml"
+    toml.write_text("seed = 4\n[inner]\nsteps = 12\n")  # shorter than the budget settings' window
     with pytest.raises(ConfigError, match="outer.window must be in .0, inner.steps=12., got 20"):
-        toml.write_text("seed = 4\n[inner]\nsteps = 12\n")  # shorter than the budget settings' window
         resolve("cpu-quick", "mnist", 10, toml=toml)
     toml.write_text("seed = 4\n[inner]\nsteps = 12\nlr = 0.5\n[outer]\nwindow = 0\nrandom_truncation = false\n")
     cfg = resolve("cpu-quick", "mnist", 10, toml=toml)
