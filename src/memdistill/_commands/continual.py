@@ -33,15 +33,21 @@ def add_arguments(cl: argparse.ArgumentParser) -> None:
                     help="shared: weight in [0, 1] of the earlier classes' recalled examples against the current "
                          "task's real data in the outer loss, or 'classes' (default: proportional to the classes "
                          "on each side, every class alike)")
+    cl.add_argument("--shared-layout", choices=["ragged", "dense"], default="ragged",
+                    help="shared: ragged (default: each class addresses the bases that existed when it arrived; "
+                         "earlier classes keep their recalls) or dense (every class addresses every basis, the "
+                         "whole memory re-distilled with replay; the only layout --save-memory can write)")
     cl.add_argument("--distill-seconds", type=float,
                     help="wall-time limit of each task's distillation (memories, images, shared)")
     cl.add_argument("--save-memory", metavar="FILE.safetensors",
                     help="write the final memory of the shared strategy as a memory file (split benchmarks of one "
-                         "dataset; rows in the dataset's class order): memdistill evaluate/show/derive read it")
+                         "dataset; rows in the dataset's class order; --shared-layout dense): memdistill "
+                         "evaluate/show/derive read it")
     cl.add_argument("--preset", default="cpu-quick", help="distillation preset: cpu-quick | cpu | paper")
     cl.add_argument("--iterations", type=int, help="outer distillation iterations per task (overrides the preset)")
     cl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a distillation option")
-    cl.add_argument("--bases", type=int, help="bases per task memory (default: automatic, at most 16)")
+    cl.add_argument("--bases", type=int, help="bases per task memory (memories), new bases per task (shared "
+                                              "ragged), all bases (shared dense); default: automatic, at most 16")
     cl.add_argument("--downsample", type=int, default=2, help="bases stored at H/ds x W/ds (default 2)")
     cl.add_argument("--init-from-previous", action="store_true",
                     help="start each task's bases from the previous task's")
@@ -89,7 +95,8 @@ def cmd_continual(args: argparse.Namespace) -> int:
         overrides["outer.iterations"] = args.iterations
     device = str(_device(args.device))
     options = StrategyOptions(budget_ipc=ipc, budget_mode=mode, budget_total=args.budget_total,
-                              replay_weight=weight, distill_seconds=args.distill_seconds,
+                              replay_weight=weight, shared_layout=args.shared_layout,
+                              distill_seconds=args.distill_seconds,
                               preset=args.preset, distill_overrides=overrides,
                               num_bases=args.bases or 0, downsample=args.downsample,
                               init_from_previous=args.init_from_previous, seed=args.seed, device=device,
@@ -128,7 +135,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     if save is not None:
         from ..continual.shared import check_memory_export  # refused before the run, not after it
 
-        check_memory_export(bench)
+        check_memory_export(bench, options.shared_layout)
     run_comparison(bench, names, options, learner, progress=not args.no_progress, callback=keep)
     if save is not None:
         from ..continual import save_shared_memory

@@ -3,8 +3,17 @@
 Its bases are shared by every class seen so far; each task adds addressing rows for its
 classes (least squares of real images against the current bases) and, when the budget
 allows, new bases (principal directions of the task's images outside the span of the
-existing ones). While task ``t`` is current the whole memory is distilled with an outer
-loss on
+existing ones). Two layouts (``StrategyOptions.shared_layout``):
+
+``ragged`` (the default): a class addresses the bases that existed when it arrived. A
+task's classes address the earlier bases and the task's new ones; earlier classes keep
+their addressing, on fewer bases, so their slots cost them fewer floats and their
+recalls never change. While task ``t`` is current only its block is distilled: its
+classes' addressing and its new bases, on the task's real data; the earlier bases get
+no update (:class:`RaggedDistiller`). Sizes: :func:`ragged_sizes`.
+
+``dense``: every class addresses every basis. While task ``t`` is current the whole
+memory is distilled with an outer loss on
 
 - the task's real images for its new classes, and
 - for the earlier classes, examples recalled from a frozen copy of the memory as it
@@ -22,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +46,8 @@ from ..memory.types import real_per_class
 from .benchmarks import Benchmark
 from .strategies import STRATEGIES, Strategy, StrategyOptions, auto_num_bases, local_view
 
-__all__ = ["SharedStrategy", "SharedDistiller", "ReplaySource", "shared_sizes", "grow_memory", "resize_slots",
-           "replay_class_weight", "save_shared_memory", "check_memory_export"]
+__all__ = ["SharedStrategy", "SharedDistiller", "RaggedDistiller", "ReplaySource", "shared_sizes", "ragged_sizes",
+           "grow_memory", "resize_slots", "replay_class_weight", "save_shared_memory", "check_memory_export"]
 
 
 # ------------------------------------------------------------------ sizes
@@ -92,6 +101,57 @@ def replay_class_weight(replay_weight: str | float, old_classes: int, seen: int)
     return torch.cat([torch.full((old_classes,), w / old_classes), torch.full((new,), (1 - w) / new)])
 
 
+def ragged_sizes(options: StrategyOptions, image_shape: tuple[int, int, int], task_classes: Sequence[int],
+                 final_classes: int) -> list[tuple[int, list[int]]]:
+    """The ``ragged`` layout's sizes after each task: ``(K, slots)``, ``K`` the bases then
+    stored and ``slots[j]`` the slots per class of task ``j``'s classes, which address
+    the first ``K_j`` bases (``K_j``: the bases after task ``j``).
+
+    Each task adds ``num_bases`` bases, or :func:`auto_num_bases` for its own classes (as
+    a ``memories`` task memory would; in fixed-total mode at the total's images per class
+    of the final classes). The floats left for addressing, ``budget - K*C*h*w``, are
+    divided evenly among the classes seen, and a class of task ``j`` holds
+    ``share // K_j`` slots: an earlier class addresses fewer bases, so its slots cost it
+    less. Per-class mode keeps the share about constant (earlier classes keep their
+    slots); fixed-total mode shrinks it as classes arrive (earlier classes evict).
+
+    Args:
+        task_classes: the number of classes of each task, in order.
+
+    Raises:
+        ConfigError: a class would hold no slot (with the smallest budget that fits).
+    """
+    c, h, w = image_shape
+    ds = options.downsample
+    if h // ds < 1 or w // ds < 1:
+        raise ConfigError(f"downsample must be in [1, {min(h, w)}], got {ds}")
+    per_basis = c * (h // ds) * (w // ds)
+    if options.budget_mode == "per-class":
+        ipc = options.budget_ipc
+    else:
+        ipc = options.total_floats(image_shape, final_classes) / (c * h * w * final_classes)
+    out: list[tuple[int, list[int]]] = []
+    ks: list[int] = []
+    seen = 0
+    for t, n in enumerate(task_classes):
+        seen += n
+        ks.append((ks[-1] if ks else 0) + (options.num_bases or auto_num_bases(ipc, image_shape, n, ds)))
+        k = ks[-1]
+        budget = options.budget_floats(image_shape, seen, final_classes)
+        share = (budget - k * per_basis) // seen
+        if share < k:  # the newest classes address all K bases: one slot costs them K floats
+            need = k * per_basis + k * seen
+            unit = (f"--budget-ipc {need / (c * h * w * seen):.3g}" if options.budget_mode == "per-class"
+                    else f"--budget-total {need}")
+            raise ConfigError(
+                f"shared (ragged): after task {t + 1} a budget of {budget:,} floats cannot hold {k} bases at "
+                f"downsample {ds} ({k * per_basis:,} floats) plus one slot for each of {seen} classes (a slot of the "
+                f"newest classes costs {k} floats); the minimum is {need:,} floats ({unit}), or use fewer bases "
+                "per task (--bases) / a larger --downsample")
+        out.append((k, [share // kj for kj in ks]))
+    return out
+
+
 # ----------------------------------------------------------- growing the memory
 def resize_slots(addressing: torch.Tensor, bases: torch.Tensor, slots: int, generator: torch.Generator,
                  size: tuple[int, int]) -> torch.Tensor:
@@ -126,6 +186,24 @@ def _residual_bases(sample: torch.Tensor, bases: torch.Tensor, k: int, low: tupl
     return principal_bases((flat - flat @ q @ q.T).view_as(small), k, low)
 
 
+def extend_bases(previous: torch.Tensor | None, local: ImageDataset, num_bases: int, slots: int, downsample: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    """``previous`` bases (``(K', C, h, w)``, or ``None``) extended to ``num_bases`` (float64)
+    by the principal directions of a sample of ``local``'s images outside their span (for
+    the first task: all of them, as in the usual start)."""
+    _, h, w = local.image_shape
+    low = (h // downsample, w // downsample)
+    sample = real_per_class(local, min(200, max(slots, 50)), generator).flatten(0, 1)
+    if previous is None:
+        return principal_bases(sample, num_bases, low)
+    bases = previous.detach().double()
+    if num_bases < bases.shape[0]:
+        raise ConfigError(f"the shared memory cannot drop bases ({bases.shape[0]} -> {num_bases})")
+    if num_bases > bases.shape[0]:
+        bases = torch.cat([bases, _residual_bases(sample, bases, num_bases - bases.shape[0], low)])
+    return bases
+
+
 def grow_memory(previous: BasesMemory | None, local: ImageDataset, num_bases: int, slots: int, downsample: int,
                 generator: torch.Generator) -> BasesMemory:
     """The shared memory extended by the classes of ``local`` (a task's real data,
@@ -140,16 +218,10 @@ def grow_memory(previous: BasesMemory | None, local: ImageDataset, num_bases: in
        all bases (:func:`~memdistill.memory.solve_addressing`).
     """
     c, h, w = local.image_shape
-    low = (h // downsample, w // downsample)
-    sample = real_per_class(local, min(200, max(slots, 50)), generator).flatten(0, 1)
-    if previous is None:
-        bases, old = principal_bases(sample, num_bases, low), None
-    else:
-        bases = previous.tensors["bases"].detach().double()
-        if num_bases < bases.shape[0]:
-            raise ConfigError(f"the shared memory cannot drop bases ({bases.shape[0]} -> {num_bases})")
-        if num_bases > bases.shape[0]:
-            bases = torch.cat([bases, _residual_bases(sample, bases, num_bases - bases.shape[0], low)])
+    bases = extend_bases(None if previous is None else previous.tensors["bases"], local, num_bases, slots,
+                         downsample, generator)
+    old = None
+    if previous is not None:
         old = F.pad(previous.tensors["addressing"].detach().double(), (0, num_bases - previous.tensors["bases"].shape[0]))
         old = resize_slots(old, bases, slots, generator, (h, w))
     new = solve_addressing(bases, real_per_class(local, slots, generator))
@@ -226,6 +298,50 @@ class SharedDistiller(Distiller):
         return None if split is None else super().evaluate_memory(memory, split)
 
 
+class RaggedDistiller(Distiller):
+    """A :class:`~memdistill.distill.Distiller` of one task's block of the ``ragged``
+    layout: the task's classes (``local``, labels ``0..n-1``) address all ``K`` bases of
+    ``initial_memory``, and the first ``frozen`` of them (the earlier tasks', which the
+    earlier classes' recalls read) get no update: their meta-gradient is zeroed before
+    the outer step, so they stay bit for bit as they were (Adam and SGD move nothing
+    along a gradient that is always zero). The validation evaluation at the end of a run
+    is skipped (the continual learner tests the memory)."""
+
+    def __init__(self, config: DistillConfig, local: ImageDataset, initial_memory: BasesMemory, frozen: int,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__(config, local, device=device, initial_memory=initial_memory)
+        if not 0 <= frozen <= initial_memory.tensors["bases"].shape[0]:
+            raise ConfigError(f"frozen must be in [0, {initial_memory.tensors['bases'].shape[0]}], got {frozen}")
+        self.frozen = frozen
+
+    def outer_gradient(self, memory, iteration, members=None):
+        result = super().outer_gradient(memory, iteration, members)
+        if not self.frozen:
+            return result
+        grads = list(result.grads)
+        i = list(memory.names).index("bases")
+        grads[i] = grads[i].clone()
+        grads[i][: self.frozen] = 0
+        return dataclasses.replace(result, grads=type(result.grads)(grads))
+
+    def evaluate_memory(self, memory, split=None):
+        return None if split is None else super().evaluate_memory(memory, split)
+
+
+@dataclasses.dataclass
+class RaggedBlock:
+    """One task's classes in the ``ragged`` layout: ids ``first .. first+n-1``, their
+    addressing ``(r, n, K_j)`` on the first ``K_j`` bases."""
+
+    first: int
+    addressing: torch.Tensor
+
+    def memory(self, bases: torch.Tensor, image_shape: tuple[int, int, int]) -> BasesMemory:
+        """The block as a memory of its ``n`` classes (labels ``0..n-1``) on its bases."""
+        r, n, k = self.addressing.shape
+        return BasesMemory({"bases": bases[:k], "addressing": self.addressing}, image_shape, n, r)
+
+
 # --------------------------------------------------------------------- strategy
 @STRATEGIES.register("shared")
 class SharedStrategy(Strategy):
@@ -237,7 +353,14 @@ class SharedStrategy(Strategy):
 
     def __init__(self, options: StrategyOptions) -> None:
         super().__init__(options)
-        self.memory: BasesMemory | None = None
+        self.memory: BasesMemory | None = None  # dense layout
+        self.bases: torch.Tensor | None = None  # ragged layout: the bases and one block per task
+        self.blocks: list[RaggedBlock] = []
+        self._plan: list[tuple[int, list[int]]] | None = None
+
+    @property
+    def ragged(self) -> bool:
+        return self.options.shared_layout == "ragged"
 
     def task_config(self, index: int, dataset: str, num_bases: int) -> DistillConfig:
         """Task ``index``'s distillation: the preset's budget-1 schedule, ``num_bases``
@@ -256,19 +379,53 @@ class SharedStrategy(Strategy):
             if key in self.options.distill_overrides:
                 raise ConfigError(f"shared: {key} cannot be overridden: the shared memory sizes its bases "
                                   f"itself from the budget; use {use} instead")
-        k = 0
-        for t in range(benchmark.num_tasks):
-            k, _ = shared_sizes(self.options, benchmark.image_shape, benchmark.classes_seen(t),
-                                benchmark.num_classes, k)
+        if self.ragged:
+            sizes = [benchmark.classes_seen(t) - (benchmark.classes_seen(t - 1) if t else 0)
+                     for t in range(benchmark.num_tasks)]
+            self._plan = ragged_sizes(self.options, benchmark.image_shape, sizes, benchmark.num_classes)
+            k = self._plan[-1][0]
+        else:
+            k = 0
+            for t in range(benchmark.num_tasks):
+                k, _ = shared_sizes(self.options, benchmark.image_shape, benchmark.classes_seen(t),
+                                    benchmark.num_classes, k)
         mc = self.task_config(0, benchmark.train.name, k).memory
         if mc.learned_labels or mc.label_space != "onehot" or mc.kind != "bases":
             raise ConfigError("shared: the memory must be a one-hot 'bases' memory without learned labels "
                               "(drop memory.learned_labels / memory.label_space / memory.kind overrides)")
 
     def learn_task(self, index, classes, data):
-        o = self.options
         if self.image_shape is None:
             self.image_shape, self.final_classes = data.image_shape, data.num_classes
+        return self._learn_ragged(index, classes, data) if self.ragged else self._learn_dense(index, classes, data)
+
+    def _learn_ragged(self, index, classes, data):
+        o = self.options
+        if self._plan is None or index >= len(self._plan):
+            raise ConfigError("shared (ragged): call begin(benchmark) before the first task")
+        k, slots = self._plan[index]
+        c, h, w = self.image_shape
+        cfg = self.task_config(index, data.name, k)
+        g = torch.Generator().manual_seed(cfg.seed)
+        local = local_view(data, classes)
+        frozen = 0 if self.bases is None else self.bases.shape[0]
+        bases = extend_bases(self.bases, local, k, slots[-1], o.downsample, g)
+        for j, block in enumerate(self.blocks):  # earlier classes: herding keeps their best slots (or adds)
+            kj = block.addressing.shape[2]
+            block.addressing = resize_slots(block.addressing.double(), bases[:kj], slots[j], g, (h, w)).float()
+        addressing = solve_addressing(bases, real_per_class(local, slots[-1], g))
+        start = BasesMemory({"bases": bases.float(), "addressing": addressing.float()}, (c, h, w), len(classes),
+                            slots[-1])
+        result = RaggedDistiller(cfg, local, start, frozen, device=o.device).run(progress=o.progress,
+                                                                                  time_limit=o.distill_seconds)
+        tensors = {n: v.detach().cpu() for n, v in result.memory.tensors.items()}
+        self.bases = tensors["bases"]
+        self.blocks.append(RaggedBlock(classes[0], tensors["addressing"]))
+        return {"layout": "ragged", "num_bases": k, "new_bases": k - frozen, "slots_per_class": slots,
+                "distill_iterations": result.iterations, "memory_options": result.memory.options()}
+
+    def _learn_dense(self, index, classes, data):
+        o = self.options
         seen, old = classes[-1] + 1, classes[0]
         frozen = self.memory  # the memory as it stood before this task; never modified
         k, r = shared_sizes(o, self.image_shape, seen, self.final_classes,
@@ -285,22 +442,37 @@ class SharedStrategy(Strategy):
         memory = result.memory
         memory.tensors = {n: v.detach().cpu() for n, v in memory.tensors.items()}
         self.memory = memory
-        return {"num_bases": k, "slots_per_class": r, "distill_iterations": result.iterations,
+        return {"layout": "dense", "num_bases": k, "slots_per_class": r, "distill_iterations": result.iterations,
                 "replayed_examples": int(len(recalled[1])), "memory_options": memory.options()}
 
     def training_set(self, current):
-        return TrainingSet(*self.memory.recall())
+        if not self.ragged:
+            return TrainingSet(*self.memory.recall())
+        xs, ys = [], []
+        for block in self.blocks:
+            x, y = block.memory(self.bases, self.image_shape).recall()
+            xs.append(x)
+            ys.append(y + block.first)
+        return TrainingSet(torch.cat(xs), torch.cat(ys))
 
     def floats_stored(self):
+        if self.ragged:
+            return 0 if self.bases is None else self.bases.numel() + sum(b.addressing.numel() for b in self.blocks)
         return 0 if self.memory is None else self.memory.floats_stored()
 
     def final_memory(self):
-        return self.memory
+        """The dense layout's memory (a memory file can hold it); ``None`` for ``ragged``."""
+        return None if self.ragged else self.memory
 
 
-def check_memory_export(benchmark: Benchmark) -> None:
+def check_memory_export(benchmark: Benchmark, layout: str = "dense") -> None:
     """Refuse (:class:`ConfigError`) a benchmark whose shared memory cannot be written as
-    a memory file of one dataset (:func:`save_shared_memory`)."""
+    a memory file of one dataset (:func:`save_shared_memory`), or a layout a memory file
+    cannot hold (``ragged``: its classes hold different numbers of slots on different
+    numbers of bases, where a memory file has one of each)."""
+    if layout != "dense":
+        raise ConfigError(f"--save-memory needs --shared-layout dense: a memory file holds the same number of slots "
+                          f"and bases for every class, which the {layout!r} layout does not")
     if not benchmark.class_order or benchmark.name.startswith("many"):
         raise ConfigError(f"saving the shared memory needs a split benchmark of one dataset; {benchmark.name!r} "
                           "has no single dataset a memory file could name (evaluate it through the continual run)")

@@ -44,6 +44,7 @@ from .benchmarks import Benchmark
 
 __all__ = [
     "BUDGET_MODES",
+    "SHARED_LAYOUTS",
     "STRATEGIES",
     "Strategy",
     "StrategyOptions",
@@ -57,6 +58,8 @@ STRATEGIES: Registry[Callable[..., "Strategy"]] = Registry("continual strategy")
 # ``per-class``: ``budget_ipc * C*H*W`` floats per class seen (grows with the classes);
 # ``total``: one number of floats for the whole stream, chosen before the first task.
 BUDGET_MODES = ("per-class", "total")
+# how the ``shared`` strategy's classes address its bases (StrategyOptions.shared_layout)
+SHARED_LAYOUTS = ("ragged", "dense")
 
 
 @dataclass
@@ -84,7 +87,12 @@ class StrategyOptions:
             recalled from the frozen memory) against the current task's real data in the
             outer loss. ``"classes"``: proportional to the number of classes on each side
             (every class weighs the same); a number ``w`` in ``[0, 1]``: ``w`` for the old
-            term, ``1 - w`` for the new one.
+            term, ``1 - w`` for the new one. Only the ``dense`` layout replays.
+        shared_layout: ``shared`` only (:data:`SHARED_LAYOUTS`): ``"ragged"``, each
+            class addresses the bases that existed when it arrived (earlier classes keep
+            their slots and recalls; later classes reuse the earlier bases), or
+            ``"dense"``, every class addresses every basis and the whole memory is
+            distilled with the frozen copy replaying the earlier classes.
         distill_seconds: wall-time limit of each task's distillation (``memories``,
             ``images``, ``shared``; ``None``: the iteration count alone decides).
         device: where distillation runs.
@@ -95,6 +103,7 @@ class StrategyOptions:
     budget_mode: str = "per-class"
     budget_total: int | None = None
     replay_weight: str | float = "classes"
+    shared_layout: str = "ragged"
     distill_seconds: float | None = None
     preset: str = "cpu-quick"
     distill_overrides: dict[str, Any] = field(default_factory=dict)
@@ -119,6 +128,12 @@ class StrategyOptions:
         if self.replay_weight != "classes" and not (
                 isinstance(self.replay_weight, (int, float)) and 0 <= float(self.replay_weight) <= 1):
             raise ConfigError(f"replay_weight must be 'classes' or a number in [0, 1], got {self.replay_weight!r}")
+        if self.shared_layout not in SHARED_LAYOUTS:
+            raise ConfigError(f"unknown shared layout {self.shared_layout!r}; valid: {', '.join(SHARED_LAYOUTS)}")
+        if self.shared_layout == "ragged" and self.replay_weight != "classes":
+            raise ConfigError("replay_weight applies to the 'dense' shared layout only (the 'ragged' layout never "
+                              "changes an earlier class's recalls, so nothing is replayed); add --shared-layout dense "
+                              "or drop --replay-weight")
         if self.distill_seconds is not None and not self.distill_seconds > 0:
             raise ConfigError(f"distill_seconds must be > 0 seconds or None, got {self.distill_seconds}")
 
