@@ -161,11 +161,21 @@ def test_images_brought_to_a_common_shape():
 
 
 # ------------------------------------------------------------ equal storage
+# every strategy, and the shared strategy's other layout ("shared:dense")
+WITH_LAYOUTS = (*ALL_STRATEGIES, "shared:dense")
+
+
+def _name_and_layout(strategy: str) -> tuple[str, dict]:
+    name, _, layout = strategy.partition(":")
+    return name, ({"shared_layout": layout} if layout else {})
+
+
 @pytest.mark.parametrize("budget", [1, 3])
-@pytest.mark.parametrize("strategy", ALL_STRATEGIES)
+@pytest.mark.parametrize("strategy", WITH_LAYOUTS)
 def test_every_strategy_stays_within_the_budget_after_every_task(strategy, budget):
     b = _synthetic_benchmark()
-    opts = StrategyOptions(budget_ipc=budget, distill_overrides=TINY_DISTILL)
+    strategy, layout = _name_and_layout(strategy)
+    opts = StrategyOptions(budget_ipc=budget, distill_overrides=TINY_DISTILL, **layout)
     r = run_continual(b, strategy, opts, LearnerConfig(steps=3, width=8, batch_size=16))
     assert len(r.floats_stored) == len(r.budget_floats) == b.num_tasks
     assert r.classes_seen == [2, 4] and r.budget_mode == "per-class"
@@ -185,13 +195,14 @@ def test_every_strategy_stays_within_the_budget_after_every_task(strategy, budge
 
 
 @pytest.mark.parametrize("budget", [1, 2.5])
-@pytest.mark.parametrize("strategy", ALL_STRATEGIES)
+@pytest.mark.parametrize("strategy", WITH_LAYOUTS)
 def test_every_strategy_keeps_a_fixed_total_budget_after_every_task(strategy, budget):
     """Fixed-total mode: one budget of ``budget * C*H*W * 6`` floats for the stream
     (6 classes in 3 tasks), never exceeded after any task; strategies that cannot
     re-divide storage refuse the mode before any work."""
     b = _synthetic_benchmark(classes=6, tasks=3)
-    opts = StrategyOptions(budget_ipc=budget, budget_mode="total", distill_overrides=TINY_DISTILL)
+    strategy, layout = _name_and_layout(strategy)
+    opts = StrategyOptions(budget_ipc=budget, budget_mode="total", distill_overrides=TINY_DISTILL, **layout)
     learner = LearnerConfig(steps=3, width=8, batch_size=16)
     if strategy in ("memories", "images"):
         with pytest.raises(ConfigError, match="cannot honour the 'total' budget mode.*strategies that can: shared"):

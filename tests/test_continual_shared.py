@@ -18,7 +18,7 @@ from memdistill.continual import (
     shared_sizes,
 )
 from memdistill.continual import shared as shared_mod
-from memdistill.continual.shared import grow_memory, replay_class_weight, resize_slots
+from memdistill.continual.shared import evict_slots, grow_memory, ragged_sizes, replay_class_weight, resize_slots
 from memdistill.continual.strategies import exemplar_quotas, local_view, refit_generator
 from memdistill.distill import Distiller
 from memdistill.errors import ConfigError, TaskDataRevokedError, UnknownNameError
@@ -180,6 +180,88 @@ def test_resize_slots_keeps_a_subset_or_adds_midpoints():
 
 
 # --------------------------------------------------- frozen copy and revocation
+# ------------------------------------------------------------------ ragged layout
+def test_ragged_sizes_per_class_and_fixed_total():
+    """Split MNIST at budget 1: each task adds 4 bases (14 x 14, 196 floats), the 392
+    addressing floats of a class buy 392 // K_j slots on its K_j bases; per-class mode
+    keeps the earlier classes' slots, fixed-total mode shrinks them as classes arrive."""
+    per = ragged_sizes(StrategyOptions(budget_ipc=1), (1, 28, 28), [2] * 5, 10)
+    assert per == [(4, [98]), (8, [98, 49]), (12, [98, 49, 32]), (16, [98, 49, 32, 24]),
+                   (20, [98, 49, 32, 24, 19])]
+    total = ragged_sizes(StrategyOptions(budget_ipc=1, budget_mode="total"), (1, 28, 28), [2] * 5, 10)
+    assert [k for k, _ in total] == [4, 8, 12, 16, 20] and total[-1] == per[-1]
+    assert total[0] == (4, [(7840 - 784) // 2 // 4]) and total[1][1] == [392, 196]
+    for t in range(1, 5):  # earlier blocks only ever shrink
+        assert all(a >= b for a, b in zip(total[t - 1][1], total[t][1]))
+    for t, seen in enumerate([2, 4, 6, 8, 10]):  # within the budget: 784 per class seen / 7840 in all
+        for (k, slots), budget in ((per[t], 784 * seen), (total[t], 7840)):
+            assert k * 196 + sum(2 * r * 4 * (j + 1) for j, r in enumerate(slots)) <= budget
+
+
+def test_evict_slots_keeps_a_random_subset_of_each_class():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(10, 3, 4, generator=g)
+    out = evict_slots(a, 4, torch.Generator().manual_seed(1))
+    assert out.shape == (4, 3, 4)
+    picks = []
+    for c in range(3):
+        rows = [next(i for i in range(10) if torch.equal(row, a[i, c])) for row in out[:, c]]
+        assert len(set(rows)) == 4  # distinct slots of the class's own
+        picks.append(rows)
+    assert len({tuple(p) for p in picks}) > 1  # each class draws its own subset
+    assert torch.equal(evict_slots(a, 4, torch.Generator().manual_seed(1)), out)  # the generator decides
+    with pytest.raises(ConfigError, match="keeps between 1 and 10 slots per class, got 11"):
+        evict_slots(a, 11, g)
+
+
+def test_ragged_tasks_keep_earlier_bases_and_recalls_bit_for_bit(monkeypatch):
+    """Ragged layout: task t distils only its block, on its own real data (its classes,
+    labels 0..n-1); the earlier bases and the earlier classes' addressing and recalls are
+    exactly as before, the task's new bases and addressing move, and the classifier's
+    training set is every block's recalls. Fixed-total mode: the earlier classes keep a
+    subset of their slots."""
+    b = _synthetic_benchmark(classes=6, tasks=3)
+    for mode in ("per-class", "total"):
+        seen_data = []
+
+        class Recording(shared_mod.RaggedDistiller):
+            def __init__(self, config, local, initial_memory, frozen, device="cpu"):
+                super().__init__(config, local, initial_memory, frozen, device)
+                seen_data.append((local, initial_memory, frozen))
+
+        monkeypatch.setattr(shared_mod, "RaggedDistiller", Recording)
+        strat = create_strategy("shared", budget_ipc=2, budget_mode=mode,
+                                distill_overrides={**TINY_DISTILL, "outer.iterations": 2, "outer.lr": 0.05})
+        strat.begin(b)
+        for task in b.stream():
+            before_bases = None if strat.bases is None else strat.bases.clone()
+            before = [(blk.first, blk.addressing.clone()) for blk in strat.blocks]
+            old_recalls = [blk.memory(strat.bases, b.image_shape).recall()[0] for blk in strat.blocks]
+            info = strat.learn_task(task.index, task.classes, task.train)
+            local, start, frozen = seen_data[-1]
+            assert local.num_classes == len(task.classes) and int(local.labels.max()) == len(task.classes) - 1
+            k = strat.bases.shape[0]
+            assert info["layout"] == "ragged" and info["num_bases"] == k and frozen == k - info["new_bases"]
+            if before_bases is not None:
+                assert torch.equal(strat.bases[:frozen], before_bases)  # earlier bases untouched
+            assert not torch.equal(strat.bases[frozen:], start.tensors["bases"][frozen:])  # the new ones learned
+            assert not torch.equal(strat.blocks[-1].addressing, start.tensors["addressing"])
+            for j, (first, addr) in enumerate(before):
+                now = strat.blocks[j]
+                assert now.first == first and now.addressing.shape[2] == addr.shape[2]
+                if mode == "per-class":
+                    assert torch.equal(now.addressing, addr)
+                    assert torch.equal(now.memory(strat.bases, b.image_shape).recall()[0], old_recalls[j])
+                else:  # each class kept a subset of its slots, unchanged
+                    assert now.addressing.shape[0] < addr.shape[0]
+                    for c in range(addr.shape[1]):  # each class keeps its own subset
+                        assert all(any(torch.equal(row, old) for old in addr[:, c]) for row in now.addressing[:, c])
+            ts = strat.training_set(None)
+            assert sorted(set(ts.labels.tolist())) == list(range(task.classes[-1] + 1))
+            assert strat.floats_stored() == k * 64 + sum(blk.addressing.numel() for blk in strat.blocks)
+            assert strat.floats_stored() <= strat.budget_floats(task.classes[-1] + 1)
+
+
 def test_old_classes_are_trained_only_on_recalls_of_the_frozen_copy(monkeypatch):
     """While task t is current the earlier classes' outer-loss examples are exactly
     the frozen pre-task memory's recalls (never real images), the frozen copy is not
@@ -193,7 +275,8 @@ def test_old_classes_are_trained_only_on_recalls_of_the_frozen_copy(monkeypatch)
             seen_sources.append((self.source, self._inputs.class_index, current))
 
     monkeypatch.setattr(shared_mod, "SharedDistiller", Recording)
-    strat = create_strategy("shared", budget_ipc=2, distill_overrides={**TINY_DISTILL, "outer.iterations": 2})
+    strat = create_strategy("shared", budget_ipc=2, shared_layout="dense",
+                            distill_overrides={**TINY_DISTILL, "outer.iterations": 2})
     strat.begin(b)
     tasks, datas = [], []
     for task in b.stream():
@@ -239,7 +322,7 @@ def test_replay_weight_weighs_old_against_new():
     expected = 0.3 * ce[y < 4].mean() + 0.7 * ce[y >= 4].mean()
     assert torch.allclose(F.cross_entropy(logits, y, weight=w), expected)
     with pytest.raises(ConfigError, match="replay_weight must be 'classes' or a number in"):
-        StrategyOptions(replay_weight=1.5)
+        StrategyOptions(replay_weight=1.5, shared_layout="dense")
 
 
 # ----------------------------------------------------------------- bad input
@@ -247,8 +330,18 @@ def test_bad_budgets_and_modes_fail_with_clear_errors():
     b = _synthetic_benchmark(classes=6, tasks=3)
     # one 8 x 8 basis (64 floats) and one slot for each of the 6 classes (6 floats): 70
     with pytest.raises(ConfigError, match="shared: a total budget of 69 floats cannot hold.*minimum is 70 floats"):
-        create_strategy("shared", budget_mode="total", budget_total=69).begin(b)
-    create_strategy("shared", budget_mode="total", budget_total=70).begin(b)
+        create_strategy("shared", budget_mode="total", budget_total=69, shared_layout="dense").begin(b)
+    create_strategy("shared", budget_mode="total", budget_total=70, shared_layout="dense").begin(b)
+    # ragged, one 8 x 8 basis per task: after task 3, 3 bases (192 floats) and a slot of 3 floats per class (18)
+    with pytest.raises(ConfigError, match=r"shared \(ragged\): after task 3 a budget of 209 floats cannot hold 3 "
+                                          r"bases.*minimum is 210 floats \(--budget-total 210\)"):
+        create_strategy("shared", budget_mode="total", budget_total=209, num_bases=1).begin(b)
+    create_strategy("shared", budget_mode="total", budget_total=210, num_bases=1).begin(b)
+    with pytest.raises(ConfigError, match="unknown shared layout 'sparse'; valid: ragged, dense"):
+        StrategyOptions(shared_layout="sparse")
+    with pytest.raises(ConfigError, match="replay_weight applies to the 'dense' shared layout only"):
+        StrategyOptions(replay_weight=0.5)
+    StrategyOptions(replay_weight=0.5, shared_layout="dense")
     with pytest.raises(ConfigError, match="fewer than one real image .* for each of the 6 classes"):
         create_strategy("herding", budget_mode="total", budget_ipc=0.5).begin(b)
     with pytest.raises(ConfigError, match="'memories' cannot honour the 'total' budget mode.*per-class run"):
@@ -271,20 +364,21 @@ SHORT = {"outer.iterations": 3, "outer.pool_size": 0, "inner.steps": 3, "inner.w
          "outer.real_per_class": 10}
 
 
+@pytest.mark.parametrize("layout, bases", [("ragged", [4, 8, 12, 16, 20]), ("dense", [4, 8, 12, 16, 16])])
 @pytest.mark.parametrize("seed", [0])
-def test_shared_beats_finetune_on_split_mnist(data_root, seed):
+def test_shared_beats_finetune_on_split_mnist(data_root, seed, layout, bases):
     """Measured with these settings (final average accuracy, seeds 0 / 1 / 2): shared
-    0.80 / 0.66 / 0.74, finetune 0.19 / 0.19 (it knows only the last two classes)."""
+    dense 0.80 / 0.66 / 0.74, finetune 0.19 / 0.19 (it knows only the last two classes)."""
     bench = create_benchmark("split-mnist", root=data_root, seed=seed)
     learner = LearnerConfig(steps=60, width=16, batch_size=64, test_per_class=50, seed=seed)
-    opts = StrategyOptions(budget_ipc=1, seed=seed, distill_overrides=SHORT)
+    opts = StrategyOptions(budget_ipc=1, seed=seed, distill_overrides=SHORT, shared_layout=layout)
     shared = run_continual(bench, "shared", opts, learner)
     ft = run_continual(bench, "finetune", opts, learner)
     assert ft.final_average_accuracy < 0.25
     assert shared.final_average_accuracy > ft.final_average_accuracy + 0.35
     assert shared.forgetting < ft.forgetting - 0.4
     assert all(f <= b for f, b in zip(shared.floats_stored, shared.budget_floats))
-    assert [i["num_bases"] for i in shared.task_info] == [4, 8, 12, 16, 16]
+    assert [i["num_bases"] for i in shared.task_info] == bases
 
 
 def test_cli_shared_fixed_total_writes_a_normal_memory_file(tmp_path, data_root, capsys):
@@ -298,6 +392,9 @@ def test_cli_shared_fixed_total_writes_a_normal_memory_file(tmp_path, data_root,
             "--iterations", "1", "--set", "inner.steps=2", "--set", "inner.width=8", "--set", "outer.pool_size=0",
             "--steps", "3", "--width", "8", "--test-per-class", "5", "--root", str(data_root), "--out", str(out),
             "--save-memory", str(mem), "--no-progress"]
+    assert main(args) == 2  # the default ragged layout has no memory file
+    assert "--save-memory needs --shared-layout dense" in capsys.readouterr().err
+    args += ["--shared-layout", "dense"]
     assert main(args) == 0
     saved = json.loads(out.read_text())
     assert saved["budget_mode"] == "total"
@@ -320,7 +417,7 @@ def test_cli_shared_fixed_total_writes_a_normal_memory_file(tmp_path, data_root,
                  "--root", str(data_root)]) == 2
     assert "cannot honour" in capsys.readouterr().err
     assert main(["continual", "--benchmark", "many:mnist,fashion-mnist", "--strategy", "shared",
-                 "--save-memory", str(mem), "--root", str(data_root)]) == 2
+                 "--shared-layout", "dense", "--save-memory", str(mem), "--root", str(data_root)]) == 2
     assert "split benchmark of one dataset" in capsys.readouterr().err
 
 
