@@ -1,4 +1,4 @@
-"""Choose the ``shared`` strategy's replay weight on a validation split.
+"""Choose the ``shared`` strategy's replay weight (``dense`` layout) on a validation split.
 
 Runs ``shared`` on the validation version of a benchmark (10 % of each class's training
 images held out and tested on; the test split is never read) for each replay weight and
@@ -42,7 +42,7 @@ def main(argv=None) -> None:
         learner = LearnerConfig(steps=60, width=16, batch_size=64, test_per_class=100, seed=seed)
         for w in weights:
             opts = StrategyOptions(budget_ipc=args.budget_ipc, budget_mode=args.budget_mode, seed=seed,
-                                   replay_weight=w, distill_overrides=SHORT)
+                                   replay_weight=w, shared_layout="dense", distill_overrides=SHORT)
             t0 = time.perf_counter()
             r = run_continual(bench, "shared", opts, learner)
             rows.append({"seed": seed, "replay_weight": w, "final_average_accuracy": r.final_average_accuracy,
