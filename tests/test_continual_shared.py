@@ -392,10 +392,7 @@ def test_cli_shared_fixed_total_writes_a_normal_memory_file(tmp_path, data_root,
             "--iterations", "1", "--set", "inner.steps=2", "--set", "inner.width=8", "--set", "outer.pool_size=0",
             "--steps", "3", "--width", "8", "--test-per-class", "5", "--root", str(data_root), "--out", str(out),
             "--save-memory", str(mem), "--no-progress"]
-    assert main(args) == 2  # the default ragged layout has no memory file
-    assert "--save-memory needs --shared-layout dense" in capsys.readouterr().err
-    args += ["--shared-layout", "dense"]
-    assert main(args) == 0
+    assert main(args + ["--shared-layout", "dense"]) == 0
     saved = json.loads(out.read_text())
     assert saved["budget_mode"] == "total"
     for r in saved["results"]:
@@ -417,8 +414,32 @@ def test_cli_shared_fixed_total_writes_a_normal_memory_file(tmp_path, data_root,
                  "--root", str(data_root)]) == 2
     assert "cannot honour" in capsys.readouterr().err
     assert main(["continual", "--benchmark", "many:mnist,fashion-mnist", "--strategy", "shared",
-                 "--shared-layout", "dense", "--save-memory", str(mem), "--root", str(data_root)]) == 2
+                 "--save-memory", str(mem), "--root", str(data_root)]) == 2
     assert "split benchmark of one dataset" in capsys.readouterr().err
+
+
+def test_ragged_memory_is_saved_as_a_uniform_file_within_the_budget(tmp_path, data_root, capsys):
+    """The default ragged layout's ``--save-memory``: every class keeps the newest classes'
+    slot count (a subset of its own slots, zero on the bases added after it), the file
+    stays within the budget, says so on stderr, and ``evaluate`` reads it."""
+    from memdistill.cli import main
+
+    out, mem = tmp_path / "run.json", tmp_path / "r.safetensors"
+    assert main(["continual", "--benchmark", "split-mnist", "--strategy", "shared", "--budget-ipc", "1",
+                 "--iterations", "1", "--set", "inner.steps=2", "--set", "inner.width=8", "--set",
+                 "outer.pool_size=0", "--steps", "3", "--width", "8", "--test-per-class", "5", "--root",
+                 str(data_root), "--out", str(out), "--save-memory", str(mem), "--no-progress"]) == 0
+    assert "saved with 19 slots for every class (the run held 98, 49, 32, 24, 19" in capsys.readouterr().err
+    mf = load_memory(mem)
+    saved = json.loads(out.read_text())["results"][0]
+    assert mf.memory.slots == 19 and mf.memory.tensors["bases"].shape[0] == 20
+    assert mf.memory.floats_stored() <= saved["budget_floats"][-1] == 7840
+    order = list(create_benchmark("split-mnist", root=data_root).class_order)
+    first_task = [order[0], order[1]]  # dataset classes of task 1: they address the first 4 bases only
+    assert torch.all(mf.memory.tensors["addressing"][:, first_task, 4:] == 0)
+    assert mf.meta["extra"]["continual"]["shared_layout"] == "ragged"
+    assert main(["evaluate", str(mem), "--runs", "1", "--epochs", "1", "--width", "8", "--root", str(data_root),
+                 "--out", str(tmp_path / "e.json"), "--no-progress"]) == 0
 
 
 def test_saved_shared_memory_rows_follow_the_dataset_class_order(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -36,13 +37,14 @@ def add_arguments(cl: argparse.ArgumentParser) -> None:
     cl.add_argument("--shared-layout", choices=["ragged", "dense"], default="ragged",
                     help="shared: ragged (default: each class addresses the bases that existed when it arrived; "
                          "earlier classes keep their recalls) or dense (every class addresses every basis, the "
-                         "whole memory re-distilled with replay; the only layout --save-memory can write)")
+                         "whole memory re-distilled with replay; --save-memory writes it as it is, while a ragged "
+                         "memory is saved with the newest classes' slot count for every class)")
     cl.add_argument("--distill-seconds", type=float,
                     help="wall-time limit of each task's distillation (memories, images, shared)")
     cl.add_argument("--save-memory", metavar="FILE.safetensors",
                     help="write the final memory of the shared strategy as a memory file (split benchmarks of one "
-                         "dataset; rows in the dataset's class order; --shared-layout dense): memdistill "
-                         "evaluate/show/derive read it")
+                         "dataset; rows in the dataset's class order; ragged: every class with the newest "
+                         "classes' slot count): memdistill evaluate/show/derive read it")
     cl.add_argument("--preset", default="cpu-quick", help="distillation preset: cpu-quick | cpu | paper")
     cl.add_argument("--iterations", type=int, help="outer distillation iterations per task (overrides the preset)")
     cl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a distillation option")
@@ -135,14 +137,22 @@ def cmd_continual(args: argparse.Namespace) -> int:
     if save is not None:
         from ..continual.shared import check_memory_export  # refused before the run, not after it
 
-        check_memory_export(bench, options.shared_layout)
+        check_memory_export(bench)
     run_comparison(bench, names, options, learner, progress=not args.no_progress, callback=keep)
     if save is not None:
         from ..continual import save_shared_memory
 
         shared = next(r for r in results if r.strategy == "shared")
-        save_shared_memory(save, shared.memory, bench, extra={"budget_mode": mode, "budget_ipc": ipc,
-                                                               "budget_total": args.budget_total})
+        extra = {"budget_mode": mode, "budget_ipc": ipc, "budget_total": args.budget_total,
+                 "shared_layout": options.shared_layout}
+        if options.shared_layout == "ragged":
+            held = shared.task_info[-1]["slots_per_class"]
+            extra["run_slots_per_task"] = held
+            print(f"note: the ragged memory is saved with {shared.memory.slots} slots for every class (the run held "
+                  f"{', '.join(map(str, held))} per class of tasks 1-{len(held)}; each class keeps a random subset, "
+                  "zero on the bases added after it): use --shared-layout dense for a file that is the run's "
+                  "memory itself", file=sys.stderr)
+        save_shared_memory(save, shared.memory, bench, extra=extra)
     title = (f"{bench.name}, budget {ipc:g} images/class" if mode == "per-class" else
              f"{bench.name}, fixed total of {options.total_floats(bench.image_shape, bench.num_classes):,} floats")
     plot_results(results, png, title=title)

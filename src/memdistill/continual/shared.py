@@ -482,18 +482,35 @@ class SharedStrategy(Strategy):
         return 0 if self.memory is None else self.memory.floats_stored()
 
     def final_memory(self):
-        """The dense layout's memory (a memory file can hold it); ``None`` for ``ragged``."""
-        return None if self.ragged else self.memory
+        """The memory a memory file can hold: ``dense``, the memory itself; ``ragged``,
+        :meth:`uniform_memory`."""
+        return self.uniform_memory() if self.ragged else self.memory
+
+    def uniform_memory(self) -> BasesMemory | None:
+        """The ``ragged`` memory as an ordinary ``bases`` memory (same slots and bases for
+        every class, what a memory file holds): every class keeps as many slots as the
+        newest classes hold (a random subset of its own, :func:`evict_slots`, drawn from
+        ``seed``), its addressing zero on the bases added after it arrived. Lossy: the
+        earlier classes drop slots they hold in the run; never above the budget (a class's
+        ``r_min * K`` floats are at most its share). ``None`` before the first task."""
+        if not self.ragged:
+            raise ConfigError("uniform_memory is the ragged layout's export; the dense layout's memory is .memory")
+        if not self.blocks:
+            return None
+        k = self.bases.shape[0]
+        r = min(b.addressing.shape[0] for b in self.blocks)
+        g = torch.Generator().manual_seed(int(self.options.seed))
+        rows = []
+        for block in self.blocks:
+            kept = block.addressing if block.addressing.shape[0] == r else evict_slots(block.addressing, r, g)
+            rows.append(F.pad(kept, (0, k - block.addressing.shape[2])))
+        addressing = torch.cat(rows, dim=1)
+        return BasesMemory({"bases": self.bases, "addressing": addressing}, self.image_shape, addressing.shape[1], r)
 
 
-def check_memory_export(benchmark: Benchmark, layout: str = "dense") -> None:
+def check_memory_export(benchmark: Benchmark) -> None:
     """Refuse (:class:`ConfigError`) a benchmark whose shared memory cannot be written as
-    a memory file of one dataset (:func:`save_shared_memory`), or a layout a memory file
-    cannot hold (``ragged``: its classes hold different numbers of slots on different
-    numbers of bases, where a memory file has one of each)."""
-    if layout != "dense":
-        raise ConfigError(f"--save-memory needs --shared-layout dense: a memory file holds the same number of slots "
-                          f"and bases for every class, which the {layout!r} layout does not")
+    a memory file of one dataset (:func:`save_shared_memory`)."""
     if not benchmark.class_order or benchmark.name.startswith("many"):
         raise ConfigError(f"saving the shared memory needs a split benchmark of one dataset; {benchmark.name!r} "
                           "has no single dataset a memory file could name (evaluate it through the continual run)")
