@@ -97,6 +97,38 @@ def section(key: tuple[str, str, float], runs: list[tuple[dict, list[ContinualRe
     ])
 
 
+STRATEGY_ORDER = ("shared", "memories", "images", "herding", "random", "finetune", "joint")
+# issue 17's targets: (budget mode, budget) -> how far above herding `shared` must end (points)
+TARGETS = {("per-class", 1.0): 5.0, ("per-class", 10.0): 0.0, ("total", 1.0): 8.0}
+
+
+def overview(groups: dict) -> str:
+    """One row per benchmark and budget: each strategy's final average accuracy (mean ±
+    sd over the class orders), ``shared`` minus herding, and issue 17's target for it."""
+    head = ["benchmark", "budget", "orders", *STRATEGY_ORDER, "shared - herding", "target"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (bench, mode, budget), items in sorted(groups.items()):
+        by = defaultdict(list)
+        for _, (_, results) in items:
+            for r in results:
+                by[r.strategy].append(r.final_average_accuracy)
+        what = f"{budget:g} per class" if mode == "per-class" else f"total {budget:g}"
+        cells = [_mean_sd(by[n]) if by.get(n) else "-" for n in STRATEGY_ORDER]
+        gap, target = "-", TARGETS.get((mode, budget))
+        if by.get("shared") and by.get("herding"):
+            d = 100 * (statistics.fmean(by["shared"]) - statistics.fmean(by["herding"]))
+            gap = f"{d:+.1f}"
+            if target is not None:
+                ok = d >= target
+                text = f">= {target:+g}"
+                if (mode, budget) == ("per-class", 1.0) and by.get("memories"):  # and above `memories`
+                    ok = ok and statistics.fmean(by["shared"]) > statistics.fmean(by["memories"])
+                    text += ", above memories"
+                target = f"{text}: {'met' if ok else 'not met'}"
+        lines.append("| " + " | ".join([bench, what, str(len(items)), *cells, gap, str(target or "-")]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--img", default="docs/img", help="where the storage plots go (default docs/img)")
@@ -107,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         d, results = load(p)
         key = (d["benchmark"], d.get("budget_mode", "per-class"), float(d["budget_ipc"]))
         groups[key].append((p, (d, results)))
+    print(overview(groups) + "\n")
     for key, items in groups.items():
         print(section(key, [run for _, run in items], [p for p, _ in items], Path(args.img)))
 
