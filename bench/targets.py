@@ -77,6 +77,8 @@ def run_cell(name: str, args) -> dict[str, Any]:
 
 
 def _acc(res: dict[str, Any]) -> str:
+    if len(res.get("accuracies", [None, None])) < 2:  # one run has no spread (its std is 0 by convention, not a measurement)
+        return f"{100 * res['mean']:.2f}"
     return f"{100 * res['mean']:.2f} ± {100 * res['std']:.2f}"
 
 
