@@ -140,19 +140,9 @@ def cmd_continual(args: argparse.Namespace) -> int:
         check_memory_export(bench)
     run_comparison(bench, names, options, learner, progress=not args.no_progress, callback=keep)
     if save is not None:
-        from ..continual import save_shared_memory
-
-        shared = next(r for r in results if r.strategy == "shared")
-        extra = {"budget_mode": mode, "budget_ipc": ipc, "budget_total": args.budget_total,
-                 "shared_layout": options.shared_layout}
-        if options.shared_layout == "ragged":
-            held = shared.task_info[-1]["slots_per_class"]
-            extra["run_slots_per_task"] = held
-            print(f"note: the ragged memory is saved with {shared.memory.slots} slots for every class (the run held "
-                  f"{', '.join(map(str, held))} per class of tasks 1-{len(held)}; each class keeps a random subset, "
-                  "zero on the bases added after it): use --shared-layout dense for a file that is the run's "
-                  "memory itself", file=sys.stderr)
-        save_shared_memory(save, shared.memory, bench, extra=extra)
+        _save_shared(save, next(r for r in results if r.strategy == "shared"), bench,
+                     {"budget_mode": mode, "budget_ipc": ipc, "budget_total": args.budget_total,
+                      "shared_layout": options.shared_layout})
     title = (f"{bench.name}, budget {ipc:g} images/class" if mode == "per-class" else
              f"{bench.name}, fixed total of {options.total_floats(bench.image_shape, bench.num_classes):,} floats")
     plot_results(results, png, title=title)
@@ -160,6 +150,20 @@ def cmd_continual(args: argparse.Namespace) -> int:
     print(format_table(results))
     print(f"wrote {out} and {png}" + (f" and {save}" if save is not None else ""))
     return 0
+
+
+def _save_shared(save: Path, shared, bench, extra: dict) -> None:
+    """Write the ``shared`` result's memory to ``save`` (a ragged run's uniform copy, said on stderr)."""
+    from ..continual import save_shared_memory
+
+    if extra["shared_layout"] == "ragged":
+        held = shared.task_info[-1]["slots_per_class"]
+        extra["run_slots_per_task"] = held
+        print(f"note: the ragged memory is saved with {shared.memory.slots} slots for every class (the run held "
+              f"{', '.join(map(str, held))} per class of tasks 1-{len(held)}; each class keeps a random subset, "
+              "zero on the bases added after it): use --shared-layout dense for a file that is the run's "
+              "memory itself", file=sys.stderr)
+    save_shared_memory(save, shared.memory, bench, extra=extra)
 
 
 def _number(text: str, flag: str) -> float:
