@@ -64,6 +64,10 @@ class InnerConfig:
     n_per_class: int = 32
     classes_per_step: int = 0  # 0: all classes
     augment: str = "flip_rotate"
+    # float32 (default) | bfloat16: the inner network's convolutions and matrix products in
+    # bfloat16 (autocast), parameters, optimiser state and memory kept in float32; opt-in,
+    # refused on a device without bfloat16 kernels (docs/CONFIG.md, docs/BENCHMARKS.md)
+    precision: str = "float32"
 
 
 @dataclass
@@ -160,7 +164,7 @@ class DistillConfig:
 
     def validate(self) -> "DistillConfig":
         from .augment import AUGMENTATIONS
-        from .engine import INNER_OPTIMIZERS, UNROLL_MODES
+        from .engine import INNER_OPTIMIZERS, INNER_PRECISIONS, UNROLL_MODES
         from .labels import LABEL_SPACES
         from .memory import MEMORIES
         from .models import MODELS
@@ -183,6 +187,9 @@ class DistillConfig:
             (self.memory.coeff_penalty in ("none", "l1", "l2"), "memory.coeff_penalty must be none, l1 or l2"),
             (self.inner.steps >= 1, "inner.steps must be >= 1"),
             (self.inner.n_per_class >= 1, "inner.n_per_class must be >= 1"),
+            (self.inner.precision in INNER_PRECISIONS,
+             f"inner.precision must be one of {', '.join(INNER_PRECISIONS)} (float32: the default; bfloat16: "
+             f"the inner network's convolutions in bfloat16), got {self.inner.precision!r}"),
             (self.outer.iterations >= 0, "outer.iterations must be >= 0"),
             (self.outer.optimizer in ("sgd", "adam"), "outer.optimizer must be sgd or adam"),
             (self.outer.schedule in ("none", "cosine"), "outer.schedule must be none or cosine"),

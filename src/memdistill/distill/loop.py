@@ -28,7 +28,7 @@ from ..augment import create_augmentation
 from ..config import DistillConfig, OuterConfig
 from ..data import ImageDataset, fit_zca, train_val_split
 from ..distributed import DistContext, single_process
-from ..engine import create_inner_optimizer
+from ..engine import check_precision, create_inner_optimizer
 from ..errors import ConfigError
 from ..evaluate import TrainingSet, evaluate
 from ..labels import create_label_space
@@ -164,6 +164,7 @@ class Distiller:
             zca = fit_zca(self.train, regularization=config.zca)
             self.train, self.val = self.train.with_zca(zca), self.val.with_zca(zca)
         ic = config.inner
+        check_precision(ic.precision, self.device)  # before any work: refused where the device cannot run it
         self.label_space = create_label_space(config.memory.label_space, train.classes, dataset=train)
         if not self.label_space.is_onehot and (config.memory.learned_labels or ic.classes_per_step):
             raise ConfigError(f"memory.label_space={config.memory.label_space!r} cannot be combined with "

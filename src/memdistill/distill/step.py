@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..config import DistillConfig
 from ..data import ImageDataset
 from ..distributed import DistContext, sum_over_ranks
-from ..engine import Checkpoints, ClassSplit, InnerOptimizer, draw_plans, meta_gradient
+from ..engine import Checkpoints, ClassSplit, InnerOptimizer, draw_plans, meta_gradient, with_precision
 from ..errors import ConfigError
 from ..labels import LabelSpace
 from ..memory import Memory
@@ -119,7 +119,7 @@ def inner_network(inputs: StepInputs, g: torch.Generator):
             x = x.contiguous(memory_format=torch.channels_last)
         return functional_forward(model, dict(zip(names, params)), x)
 
-    return inputs.space.wrap_forward(forward), init
+    return inputs.space.wrap_forward(with_precision(forward, cfg.inner.precision, inputs.device)), init
 
 
 def _real_batch(inputs: StepInputs, cls_list, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from .optim import INNER_OPTIMIZERS, InnerAdam, InnerOptimizer, InnerSGD, create_inner_optimizer
 from .plan import draw_plans, memory_recall
+from .precision import INNER_PRECISIONS, check_precision, with_precision
 from .schedule import Checkpoints
 from .unroll import UNROLL_MODES, ClassSplit, MetaGradient, inner_loss, inner_step, meta_gradient
 
@@ -11,6 +12,9 @@ __all__ = [
     "InnerAdam",
     "InnerOptimizer",
     "InnerSGD",
+    "INNER_PRECISIONS",
+    "check_precision",
+    "with_precision",
     "create_inner_optimizer",
     "draw_plans",
     "memory_recall",

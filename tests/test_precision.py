@@ -1,0 +1,68 @@
+"""The opt-in bfloat16 inner network (``inner.precision``): off by default, refused where
+the device cannot run it, and a meta-gradient close to (not equal to) float32's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import memdistill.engine.precision as precision
+from memdistill.config import DistillConfig, resolve
+from memdistill.distill import Distiller
+from memdistill.engine import INNER_PRECISIONS, with_precision
+from memdistill.errors import ConfigError
+
+from test_distill import _tiny
+
+
+@pytest.fixture(scope="module")
+def small_train(mnist_train):
+    g = torch.Generator().manual_seed(0)
+    return mnist_train.subset(torch.randperm(len(mnist_train), generator=g)[:2000])
+
+
+def test_float32_is_the_default_everywhere_and_leaves_the_forward_as_it_is():
+    assert DistillConfig().inner.precision == "float32" and INNER_PRECISIONS == ("float32", "bfloat16")
+    for preset in ("paper", "cpu", "cpu-quick"):
+        for budget in (1, 10):
+            assert resolve(preset, "mnist", budget).inner.precision == "float32"
+
+    def forward(params, x):
+        return x
+
+    assert with_precision(forward, "float32", torch.device("cpu")) is forward
+
+
+def test_an_unknown_precision_names_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"inner.precision must be one of float32, bfloat16.*got 'fp16'"):
+        _tiny(**{"inner.precision": "fp16"}).validate()
+
+
+def test_bfloat16_is_refused_where_the_device_has_no_kernels(small_train, monkeypatch):
+    monkeypatch.setattr(precision, "bfloat16_support", lambda device: (False, "this CPU has no oneDNN kernels"))
+    with pytest.raises(ConfigError, match=r"inner.precision=bfloat16 cannot run here: this CPU has no oneDNN "
+                                          r"kernels.*inner.precision=float32"):
+        Distiller(_tiny(**{"inner.precision": "bfloat16"}), small_train)
+
+
+def test_an_unsupported_device_type_says_which_are():
+    ok, why = precision.bfloat16_support(torch.device("meta"))
+    assert not ok and "cuda and cpu" in why
+
+
+def test_the_bfloat16_meta_gradient_is_close_to_float32s_but_not_equal(small_train, monkeypatch):
+    """Same memory, same outer iteration (network, slots, real batch): the meta-gradient
+    of the bfloat16 network points the same way as float32's, and really is computed
+    at the lower precision (it differs). The memory and its gradient stay float32."""
+    monkeypatch.setattr(precision, "bfloat16_support", lambda device: (True, ""))  # runs emulated if need be
+    over = {"inner.width": 16, "inner.steps": 4, "inner.augment": "none"}
+    engines = {p: Distiller(_tiny(**over, **{"inner.precision": p}), small_train) for p in INNER_PRECISIONS}
+    memory = engines["float32"].new_memory()
+    res = {p: d.meta_step(memory, 0) for p, d in engines.items()}
+    a, b = (torch.cat([g.flatten() for g in res[p].grads]) for p in INNER_PRECISIONS)
+    assert all(g.dtype == torch.float32 for g in res["bfloat16"].grads)
+    assert all(t.dtype == torch.float32 for t in memory.tensors.values())
+    assert not torch.equal(a, b)
+    assert float(F.cosine_similarity(a, b, dim=0)) > 0.98
+    assert res["bfloat16"].loss == pytest.approx(res["float32"].loss, rel=0.02)
