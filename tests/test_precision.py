@@ -66,3 +66,23 @@ def test_the_bfloat16_meta_gradient_is_close_to_float32s_but_not_equal(small_tra
     assert not torch.equal(a, b)
     assert float(F.cosine_similarity(a, b, dim=0)) > 0.98
     assert res["bfloat16"].loss == pytest.approx(res["float32"].loss, rel=0.02)
+
+
+def test_the_benchmark_script_writes_its_json_and_doc_block(tmp_path, monkeypatch):
+    """``bench/precision.py`` end to end at a toy size: both engines timed on the same
+    iterations, the cosine of their meta-gradients recorded, the block rendered."""
+    from _bench_scripts import doc_block, load_script
+
+    monkeypatch.setattr(precision, "bfloat16_support", lambda device: (True, ""))
+    bench = load_script("precision")
+    out, doc = tmp_path / "precision.json", tmp_path / "BENCH.md"
+    assert bench.main(["--steps", "2", "--width", "8", "--rounds", "2", "--out", str(out), "--doc", str(doc)]) == 0
+    import json
+
+    res = json.loads(out.read_text())
+    (cell,) = res["cells"]
+    assert cell["steps"] == 2 and all(len(cell["seconds"][p]) == 2 for p in INNER_PRECISIONS)
+    assert len(cell["gradient_cosine"]) == 2 and all(0.95 < c <= 1 for c in cell["gradient_cosine"])
+    assert cell["speedup"] == pytest.approx(cell["median_seconds"]["float32"] / cell["median_seconds"]["bfloat16"])
+    block = doc_block(doc.read_text(), "precision")
+    assert "python bench/precision.py --steps 2" in block and f"| 2 | {cell['median_seconds']['float32']:.2f} |" in block
