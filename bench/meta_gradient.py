@@ -46,7 +46,10 @@ def schedule_flags(schedule: str) -> dict:
 
 
 def one_cell(mode: str, steps: int, budget: float, width: int, iterations: int, schedule: str = "dense",
-             arch: str = "convnet", n_per_class: int = 10, real_per_class: int = 64, device: str = "cpu") -> dict:
+             arch: str = "convnet", n_per_class: int = 10, real_per_class: int = 64, device: str = "cpu",
+             sets: dict | None = None) -> dict:
+    """One cell, timed in this process; ``sets``: more settings (``{"inner.precision": ...}``),
+    for ``bench/engine_compare.py``."""
     from memdistill.config import resolve
     from memdistill.data import load_dataset
     from memdistill.distill import Distiller
@@ -57,6 +60,7 @@ def one_cell(mode: str, steps: int, budget: float, width: int, iterations: int, 
         "memory": {"num_bases": 16, "downsample": 2},
         "inner": {"arch": arch, "width": width, "steps": steps, "n_per_class": n_per_class, "augment": "none"},
         "outer": {"unroll": mode, "real_per_class": real_per_class, **schedule_flags(schedule)},
+        **(sets or {}),
     }, flags_source="bench")
     d = Distiller(cfg, load_dataset("mnist", "train"))
     mem = d.new_memory()
@@ -76,7 +80,7 @@ def one_cell(mode: str, steps: int, budget: float, width: int, iterations: int, 
             "seconds_per_inner_step": min(times) / steps,
             "peak_rss_gb": peak / 1024**2, "rss_before_gb": base_rss / 1024**2,
             "peak_cuda_gb": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
-            "slots": mem.slots}
+            "slots": mem.slots, "sets": sets or {}, "memdistill": str(Path(sys.modules["memdistill"].__file__).parent)}
 
 
 def schedule_table(args) -> None:
@@ -173,6 +177,7 @@ def main() -> None:
                     help="skip full-graph cells projected above this (about 0.4 GB per step)")
     ap.add_argument("--tag", default="", help="a separate JSON/doc block for this set of cells (e.g. long)")
     ap.add_argument("--cell", help=argparse.SUPPRESS)
+    ap.add_argument("--cell-sets", default="{}", help=argparse.SUPPRESS)  # JSON: more settings of the cell
     ap.add_argument("--no-doc", action="store_true")
     ap.add_argument("--from-json", action="store_true",
                     help="reuse the cells of docs/bench/meta_gradient.json; recount FLOPs and rewrite the doc")
@@ -187,7 +192,7 @@ def main() -> None:
         mode, steps, budget, *schedule = args.cell.split(":", 3)
         print(json.dumps(one_cell(mode, int(steps), float(budget), args.width, args.iterations,
                                   schedule[0] if schedule else "dense", args.arch, args.n_per_class,
-                                  args.real_per_class, args.device)))
+                                  args.real_per_class, args.device, json.loads(args.cell_sets))))
         return
 
     sys.path.insert(0, str(HERE))

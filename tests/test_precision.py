@@ -86,3 +86,27 @@ def test_the_benchmark_script_writes_its_json_and_doc_block(tmp_path, monkeypatc
     assert cell["speedup"] == pytest.approx(cell["median_seconds"]["float32"] / cell["median_seconds"]["bfloat16"])
     block = doc_block(doc.read_text(), "precision")
     assert "python bench/precision.py --steps 2" in block and f"| 2 | {cell['median_seconds']['float32']:.2f} |" in block
+
+
+def test_the_engine_comparison_runs_a_landed_commit_beside_the_working_tree(tmp_path):
+    """``bench/engine_compare.py`` at a toy size: the baseline really is the exported
+    commit (each worker says which memdistill it imported), the two take turns, and
+    the block names both and the settings of each side."""
+    import json
+
+    from _bench_scripts import ROOT, doc_block, load_script
+
+    bench = load_script("engine_compare")
+    out, doc = tmp_path / "ec.json", tmp_path / "BENCH.md"
+    assert bench.main(["--baseline", "HEAD", "--steps", "2", "--width", "8", "--rounds", "2",
+                       "--candidate-set", "inner.n_per_class=3", "--out", str(out), "--doc", str(doc)]) == 0
+    res = json.loads(out.read_text())
+    (row,) = res["rows"]
+    assert len(row["baseline_seconds"]) == len(row["candidate_seconds"]) == 2
+    assert row["speedup"] == pytest.approx(row["baseline_median_seconds"] / row["candidate_median_seconds"])
+    assert res["sets"] == {"baseline": {}, "candidate": {"inner.n_per_class": 3}}
+    assert len(res["baseline_commit"]) == 40 and (ROOT / ".git").exists()
+    block = doc_block(doc.read_text(), "engine-compare")
+    assert f"commit `{res['baseline_commit'][:10]}`, default settings" in block and "inner.n_per_class=3" in block
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        bench.main(["--candidate-set", "precision", "--out", str(out), "--doc", str(doc)])
