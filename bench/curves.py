@@ -225,6 +225,7 @@ def main(argv=None) -> int:
                         "(e.g. fresh-mb4:outer.pool_size=0,inner.steps=40,outer.lr=0.001,outer.meta_batch=4)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--root", default=None)
+    p.add_argument("--tag", default="", help="a separate JSON, plot and doc block (curves_..._TAG)")
     p.add_argument("--doc", type=Path, default=DOCS / "RESULTS.md")
     p.add_argument("--render", type=Path, help="only re-plot and re-table this JSON")
     args = p.parse_args(argv)
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run_curves(args)
-    suffix = "" if args.preset == "cpu-quick" else f"_{args.preset}"
+    suffix = ("" if args.preset == "cpu-quick" else f"_{args.preset}") + (f"_{args.tag}" if args.tag else "")
     out = OUT / f"curves_{args.dataset}_b{args.budget_ipc:g}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1))
