@@ -22,7 +22,9 @@ with its error and the rest still runs; the script then exits 1, as when a test 
   ``paper`` preset (T = 150, width 128) for MNIST and for a 3 x 32 x 32 stand-in of
   random images in 10 classes (CIFAR-10's settings: ZCA, flips); FLOPs of one outer step
   counted by ``torch.utils.flop_counter`` (that step is the warm-up, not timed); the
-  achieved rate and its fraction of each measured and nominal rate.
+  achieved rate and its fraction of each measured and nominal rate. MNIST again with the
+  opt-in bfloat16 inner network (``mnist_bfloat16``; ``skipped`` with the reason on a
+  device without bfloat16 kernels).
 * ``distillation``: the ``paper`` preset on MNIST for ``--distill-seconds`` of wall time
   (``Distiller.run(time_limit=...)``; shortened, to 30 s at least, when the sections
   before it took so long that the check would pass ``--budget-seconds``), then the
@@ -399,11 +401,31 @@ def outer_steps(device: torch.device, root: Path, quick: bool, timed: int) -> di
             distiller = distiller_for(name, train, device, quick, steps)
             out[name] = time_outer_steps(distiller, device, timed)
             out[name]["train_images"] = len(distiller.train)
+            if name == "mnist":
+                out["mnist_bfloat16"] = bfloat16_cell(train, device, quick, steps, timed)
         except Exception as exc:  # noqa: BLE001 (recorded; main() reports it)
             out[name] = {"error": error_text(exc)}
         train = distiller = None  # free the device before the next dataset
         reset_peak_memory(device)
     return out
+
+
+def bfloat16_cell(train, device: torch.device, quick: bool, steps: int, timed: int) -> dict[str, Any]:
+    """MNIST's cell again with the opt-in bfloat16 inner network (``inner.precision``),
+    where the device has bfloat16 kernels; else why it was skipped."""
+    from memdistill.engine.precision import bfloat16_support
+
+    ok, why = bfloat16_support(device)
+    if not ok:
+        return {"skipped": why}
+    reset_peak_memory(device)
+    try:  # its failure is its own: MNIST's float32 cell stands
+        cell = time_outer_steps(distiller_for("mnist", train, device, quick, steps, {"inner.precision": "bfloat16"}),
+                                device, timed)
+    except Exception as exc:  # noqa: BLE001 (recorded; main() reports it)
+        return {"error": error_text(exc)}
+    cell["precision"] = "bfloat16"
+    return cell
 
 
 def add_fractions(result: dict[str, Any]) -> None:

@@ -44,7 +44,12 @@ def test_quick_cpu_run_writes_one_json_with_every_section(data_root, tmp_path):
     for key in rec["peak_rates"]["measured_tflops"]:
         _positive(rec, "peak_rates", "measured_tflops", key)
     shapes = {"mnist": [1, 28, 28], "standin_3x32x32": [3, 32, 32]}
-    assert set(rec["outer_step"]) == set(shapes)
+    assert set(rec["outer_step"]) == {*shapes, "mnist_bfloat16"}
+    if "skipped" in rec["outer_step"]["mnist_bfloat16"]:  # a CPU without bfloat16 kernels says why
+        assert "bfloat16" in rec["outer_step"]["mnist_bfloat16"]["skipped"]
+    else:
+        assert rec["outer_step"]["mnist_bfloat16"]["precision"] == "bfloat16"
+        shapes["mnist_bfloat16"] = [1, 28, 28]
     for name, shape in shapes.items():
         cell = rec["outer_step"][name]
         assert cell["image_shape"] == shape and cell["T"] == 3 and cell["width"] == 16
