@@ -110,3 +110,15 @@ def test_the_engine_comparison_runs_a_landed_commit_beside_the_working_tree(tmp_
     assert f"commit `{res['baseline_commit'][:10]}`, default settings" in block and "inner.n_per_class=3" in block
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         bench.main(["--candidate-set", "precision", "--out", str(out), "--doc", str(doc)])
+
+
+def test_channels_last_gives_the_same_meta_gradient_to_float32_rounding(small_train):
+    """``channels_last=true`` (NHWC activations, on any device) changes the memory layout
+    of the inner network's activations, not the arithmetic: same meta-gradient up to
+    float32 rounding on the same iteration."""
+    over = {"inner.width": 16, "inner.steps": 4, "inner.augment": "none"}
+    a, b = (Distiller(_tiny(**over, channels_last=cl), small_train) for cl in (False, True))
+    memory = a.new_memory()
+    ga, gb = (torch.cat([g.flatten() for g in d.meta_step(memory, 0).grads]) for d in (a, b))
+    assert float(ga.abs().sum()) > 0
+    assert float((ga - gb).norm() / ga.norm()) < 1e-4

@@ -154,7 +154,7 @@ class DistillConfig:
     device: str = "cpu"
     data_on_device: str = "auto"  # auto | always | never: real uint8 images kept on the device
     tf32: bool = False  # TF32 matmuls/convolutions on CUDA (unmeasured; see docs/SCALING.md)
-    channels_last: bool = False  # channels-last inputs on CUDA (unmeasured; see docs/SCALING.md)
+    channels_last: bool = False  # channels-last inner-network inputs (CPU: docs/BENCHMARKS.md; CUDA: unmeasured)
     zca: float = 0.0  # ZCA whitening regularisation (0: off; 0.1 on CIFAR in the reference)
     checkpoint_every: int = 50
     memory: MemoryConfig = field(default_factory=MemoryConfig)

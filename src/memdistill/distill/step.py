@@ -112,10 +112,10 @@ def inner_network(inputs: StepInputs, g: torch.Generator):
                          device=inputs.device, **inputs.arch_options)
     names = [n for n, _ in model.named_parameters()]
     init = tuple(p.detach() for p in model.parameters())
-    channels_last = cfg.channels_last and inputs.device.type == "cuda"
+    channels_last = cfg.channels_last
 
     def forward(params, x):
-        if channels_last:  # NHWC activations for tensor-core convolutions (unmeasured here)
+        if channels_last:  # NHWC activations (oneDNN on a CPU, tensor cores on CUDA; docs/BENCHMARKS.md)
             x = x.contiguous(memory_format=torch.channels_last)
         return functional_forward(model, dict(zip(names, params)), x)
 
