@@ -9,6 +9,9 @@
 #   SEEDS="0 1 2"      the class orders
 #   DISTILL_SECONDS=S  wall-time limit of each task's distillation, the same for memories,
 #                      images and shared (default: none, the 10 iterations alone decide)
+#   START=1            the starting points instead: `shared` and `memories` with --iterations 0
+#                      (each task's memory as initialised, never distilled), written as
+#                      continual_start_*.json; continual_tables.py shows them as "(start)" rows
 #   SMOKE=1            a minimal check of the script (Split MNIST, seed 0, both budget modes,
 #                      1 distillation iteration, 5 classifier steps) written to $SMOKE_OUT
 #                      (default /tmp/continual_smoke), never to docs/
@@ -25,13 +28,19 @@ if [[ ${SMOKE:-0} == 1 ]]; then
          --width 8 --steps 5 --batch-size 32 --test-per-class 10 --strategy all --no-progress)
   SEEDS=0 OUT=${SMOKE_OUT:-/tmp/continual_smoke} IMG=${SMOKE_OUT:-/tmp/continual_smoke}
 fi
+PREFIX=continual EXTRA=()
+if [[ ${START:-0} == 1 ]]; then PREFIX=continual_start EXTRA=(--iterations 0); fi
 mkdir -p "$OUT" "$IMG"
 run() {  # benchmark budget-flag value seed
-  local unit
+  local unit strategy=() img="$IMG"
   case $2 in --budget-ipc) unit=ipc$3 ;; --budget-total-ipc) unit=totalipc$3 ;; esac
-  local stem="continual_${1/:/_}_${unit}_s$4"; stem="${stem/,/+}"
+  if [[ ${START:-0} == 1 ]]; then  # `memories` has no fixed-total mode
+    strategy=(--strategy "$([[ $2 == --budget-total-ipc ]] && echo shared || echo shared,memories)")
+    img=$(mktemp -d)  # no pictures of the starting points in docs/
+  fi
+  local stem="${PREFIX}_${1/:/_}_${unit}_s$4"; stem="${stem/,/+}"
   nice -n 10 python -m memdistill continual --benchmark "$1" "$2" "$3" --seed "$4" "${LIGHT[@]}" \
-    --out "$OUT/$stem.json" --plot "$IMG/$stem.png"
+    "${EXTRA[@]}" "${strategy[@]}" --out "$OUT/$stem.json" --plot "$img/$stem.png"
 }
 every_budget() {  # benchmark
   for s in $SEEDS; do

@@ -13,6 +13,7 @@ seeds), and the storage plot (the first seed's run; storage does not depend on t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import statistics
@@ -29,7 +30,23 @@ def load(path: Path) -> tuple[dict, list[ContinualResult]]:
     """The run record and its results (files from before issue 17 lack the budget mode,
     per class then, and the classes seen, which the storage plot needs)."""
     d = json.loads(path.read_text())
-    return d, [ContinualResult(**{k: r[k] for k in FIELDS if k in r}) for r in d["results"]]
+    results = [ContinualResult(**{k: r[k] for k in FIELDS if k in r}) for r in d["results"]]
+    if is_start_run(d):  # the memories' starting points: their own rows beside the distilled ones
+        results = [dataclasses.replace(r, strategy=f"{r.strategy} (start)") for r in results]
+    return d, results
+
+
+def _flag(d: dict, name: str) -> str | None:
+    """The value of the last ``name`` in the run's command line (None: not given)."""
+    argv = d.get("argv") or []
+    values = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == name]
+    return values[-1] if values else None
+
+
+def is_start_run(d: dict) -> bool:
+    """A run with ``--iterations 0``: each task's memory is its starting point (principal
+    directions and least-squares addressing), never distilled."""
+    return _flag(d, "--iterations") == "0"
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -97,7 +114,8 @@ def section(key: tuple[str, str, float], runs: list[tuple[dict, list[ContinualRe
     ])
 
 
-STRATEGY_ORDER = ("shared", "memories", "images", "herding", "random", "finetune", "joint")
+STRATEGY_ORDER = ("shared", "shared (start)", "memories", "memories (start)", "images", "herding", "random",
+                  "finetune", "joint")
 # issue 17's targets: (budget mode, budget) -> how far above herding `shared` must end (points)
 TARGETS = {("per-class", 1.0): 5.0, ("per-class", 10.0): 0.0, ("total", 1.0): 8.0}
 
@@ -105,7 +123,9 @@ TARGETS = {("per-class", 1.0): 5.0, ("per-class", 10.0): 0.0, ("total", 1.0): 8.
 def overview(groups: dict) -> str:
     """One row per benchmark and budget: each strategy's final average accuracy (mean ±
     sd over the class orders), ``shared`` minus herding, and issue 17's target for it."""
-    head = ["benchmark", "budget", "orders", *STRATEGY_ORDER, "shared - herding", "target"]
+    present = {r.strategy for items in groups.values() for _, (_, results) in items for r in results}
+    order = [n for n in STRATEGY_ORDER if "(start)" not in n or n in present]
+    head = ["benchmark", "budget", "orders", *order, "shared - herding", "target"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (bench, mode, budget), items in sorted(groups.items()):
         by = defaultdict(list)
@@ -113,7 +133,7 @@ def overview(groups: dict) -> str:
             for r in results:
                 by[r.strategy].append(r.final_average_accuracy)
         what = f"{budget:g} per class" if mode == "per-class" else f"total {budget:g}"
-        cells = [_mean_sd(by[n]) if by.get(n) else "-" for n in STRATEGY_ORDER]
+        cells = [_mean_sd(by[n]) if by.get(n) else "-" for n in order]
         gap, target = "-", TARGETS.get((mode, budget))
         if by.get("shared") and by.get("herding"):
             d = 100 * (statistics.fmean(by["shared"]) - statistics.fmean(by["herding"]))
@@ -125,7 +145,8 @@ def overview(groups: dict) -> str:
                     ok = ok and statistics.fmean(by["shared"]) > statistics.fmean(by["memories"])
                     text += ", above memories"
                 target = f"{text}: {'met' if ok else 'not met'}"
-        lines.append("| " + " | ".join([bench, what, str(len(items)), *cells, gap, str(target or "-")]) + " |")
+        orders = len({_flag(d, "--seed") for _, (d, _) in items})  # class orders (a start run shares its order)
+        lines.append("| " + " | ".join([bench, what, str(orders), *cells, gap, str(target or "-")]) + " |")
     return "\n".join(lines)
 
 

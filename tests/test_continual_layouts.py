@@ -27,3 +27,26 @@ def test_every_layout_run_is_a_validation_run():
     for path in sorted((ROOT / "docs" / "bench" / "continual_layouts").glob("*.json")):
         text = path.read_text()
         assert '"--validation"' in text, path.name
+
+
+def test_a_start_run_gives_start_rows_beside_the_distilled_ones(tmp_path):
+    """``bench/continual_tables.py``: a run with ``--iterations 0`` (written by
+    ``START=1 bench/continual_docs.sh``) is read as the memories' starting points, its
+    strategies shown as "(start)" rows and columns in the same section, and the class
+    orders counted once."""
+    import json
+
+    tables = load_script("continual_tables")
+    src = ROOT / "docs" / "bench" / "continual_split-mnist_ipc1_s0.json"
+    run = json.loads(src.read_text())
+    start = dict(run, argv=[*run["argv"], "--iterations", "0", "--strategy", "shared,memories"],
+                 results=[r for r in run["results"] if r["strategy"] in ("shared", "memories")])
+    paths = [tmp_path / "continual_split-mnist_ipc1_s0.json", tmp_path / "continual_start_split-mnist_ipc1_s0.json"]
+    paths[0].write_text(json.dumps(run))
+    paths[1].write_text(json.dumps(start))
+    assert not tables.is_start_run(run) and tables.is_start_run(start)
+    assert [r.strategy for r in tables.load(paths[1])[1]] == ["shared (start)", "memories (start)"]
+    groups = {("split-mnist", "per-class", 1.0): [(p, tables.load(p)) for p in paths]}
+    head, _, row = tables.overview(groups).splitlines()
+    assert "| shared | shared (start) | memories | memories (start) |" in head
+    assert row.split(" | ")[2] == "1"  # one class order, not two runs
