@@ -11,7 +11,7 @@ length T the two engines take turns on the same memory and the same outer iterat
 ratio is measured under the same machine load; the cosine compares the two
 meta-gradients of the same iteration.
 
-    python bench/precision.py --steps 10,30 --width 128 --rounds 2
+    python bench/precision.py --steps 10,30 --widths 128,32 --rounds 2
 
 Writes docs/bench/precision.json and the matching block of docs/BENCHMARKS.md
 (``--doc`` to write the block elsewhere). Quality on the validation split is measured
@@ -74,7 +74,7 @@ def one_length(steps: int, width: int, rounds: int, train) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", default="10,30", help="unroll lengths T, comma separated")
-    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--widths", default="128", help="ConvNet-3 widths, comma separated")
     p.add_argument("--rounds", type=int, default=2, help="outer steps per engine and length")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON path (default docs/bench/precision.json)")
@@ -90,23 +90,24 @@ def main(argv=None) -> int:
     train = load_dataset("mnist", "train")
     command = "python bench/precision.py " + " ".join(sys.argv[1:] if argv is None else argv)
     cells = []
-    for T in (int(s) for s in args.steps.split(",")):
-        cells.append(one_length(T, args.width, args.rounds, train))
-        print(json.dumps({k: cells[-1][k] for k in ("steps", "median_seconds", "speedup", "gradient_cosine")}),
-              flush=True)
+    for width in (int(w) for w in args.widths.split(",")):
+        for T in (int(s) for s in args.steps.split(",")):
+            cells.append(one_length(T, width, args.rounds, train))
+            print(json.dumps({k: cells[-1][k] for k in ("width", "steps", "median_seconds", "speedup",
+                                                        "gradient_cosine")}), flush=True)
     res = {"date": today(), "machine": machine(), "threads": args.threads, "command": command, "cells": cells}
     out = Path(args.out) if args.out else DOCS / "bench" / "precision.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
-    rows = ["| T | float32 s/step | bfloat16 s/step | speed-up | meta-gradient cosine | norm ratio (bf16 / f32) |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| width | T | float32 s/step | bfloat16 s/step | speed-up | meta-gradient cosine | norm ratio (bf16 / f32) |",
+            "|---|---|---|---|---|---|---|"]
     for c in cells:
-        rows.append(f"| {c['steps']} | {c['median_seconds']['float32']:.2f} | {c['median_seconds']['bfloat16']:.2f} "
+        rows.append(f"| {c['width']} | {c['steps']} | {c['median_seconds']['float32']:.2f} | {c['median_seconds']['bfloat16']:.2f} "
                     f"| {c['speedup']:.2f}x | {', '.join(f'{x:.4f}' for x in c['gradient_cosine'])} "
                     f"| {', '.join(f'{x:.3f}' for x in c['gradient_norm_ratio'])} |")
     body = "\n".join([f"Command: `{command}`  ", f"Machine: {res['machine']}, {args.threads} torch thread(s)  ",
                       f"Date: {res['date']}. Median seconds per outer step over {args.rounds} interleaved rounds; "
-                      f"ConvNet-3 width {args.width}, 32 x 32 maps.", "", *rows, "",
+                      "ConvNet-3, 32 x 32 maps.", "", *rows, "",
                       f"Raw numbers: `{out.relative_to(DOCS.parent) if out.is_relative_to(DOCS.parent) else out}`."])
     replace_block(Path(args.doc) if args.doc else DOCS / "BENCHMARKS.md", "precision", body,
                   "Reduced precision: a bfloat16 inner network")

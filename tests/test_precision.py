@@ -76,7 +76,7 @@ def test_the_benchmark_script_writes_its_json_and_doc_block(tmp_path, monkeypatc
     monkeypatch.setattr(precision, "bfloat16_support", lambda device: (True, ""))
     bench = load_script("precision")
     out, doc = tmp_path / "precision.json", tmp_path / "BENCH.md"
-    assert bench.main(["--steps", "2", "--width", "8", "--rounds", "2", "--out", str(out), "--doc", str(doc)]) == 0
+    assert bench.main(["--steps", "2", "--widths", "8", "--rounds", "2", "--out", str(out), "--doc", str(doc)]) == 0
     import json
 
     res = json.loads(out.read_text())
@@ -85,7 +85,7 @@ def test_the_benchmark_script_writes_its_json_and_doc_block(tmp_path, monkeypatc
     assert len(cell["gradient_cosine"]) == 2 and all(0.95 < c <= 1 for c in cell["gradient_cosine"])
     assert cell["speedup"] == pytest.approx(cell["median_seconds"]["float32"] / cell["median_seconds"]["bfloat16"])
     block = doc_block(doc.read_text(), "precision")
-    assert "python bench/precision.py --steps 2" in block and f"| 2 | {cell['median_seconds']['float32']:.2f} |" in block
+    assert "python bench/precision.py --steps 2" in block and f"| 8 | 2 | {cell['median_seconds']['float32']:.2f} |" in block
 
 
 def test_the_engine_comparison_runs_a_landed_commit_beside_the_working_tree(tmp_path):
