@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=1, help="outer steps per process (the fastest counts)")
     p.add_argument("--candidate-set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--baseline-set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--tag", default="", help="a separate JSON and doc block (engine_compare_TAG)")
     p.add_argument("--out", default=None)
     p.add_argument("--doc", default=None)
     args = p.parse_args(argv)
@@ -122,7 +123,8 @@ def main(argv=None) -> int:
     res = {"date": today(), "machine": machine(), "command": command, "baseline_commit": commit,
            "candidate_commit": git("rev-parse", "HEAD"), "candidate_src_uncommitted_changes": dirty,
            "sets": sets, "conv_gflops": rate, "gflop_per_inner_step": per_step / 1e9, "rows": rows}
-    out = Path(args.out) if args.out else DOCS / "bench" / "engine_compare.json"
+    suffix = f"_{args.tag}" if args.tag else ""
+    out = Path(args.out) if args.out else DOCS / "bench" / f"engine_compare{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     table = ["| T | baseline s / outer step | candidate s / outer step | speed-up | peak RSS GB (baseline / candidate) "
@@ -142,8 +144,9 @@ def main(argv=None) -> int:
         f"outer step(s) each), the engines taking turns; ConvNet-3 width {args.width}, 32 x 32 maps. Conv rate: "
         f"{rate:.0f} GFLOP/s measured in the same run; {per_step / 1e9:.1f} GFLOP per inner step.",
         "", *table, "", f"Raw numbers: `{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}`."])
-    replace_block(Path(args.doc) if args.doc else DOCS / "BENCHMARKS.md", "engine-compare", body,
-                  "Meta-gradient engines side by side: a landed commit against the working tree")
+    replace_block(Path(args.doc) if args.doc else DOCS / "BENCHMARKS.md", "engine-compare" + suffix.replace("_", "-"),
+                  body, "Meta-gradient engines side by side: a landed commit against the working tree"
+                  + (f" ({args.tag})" if args.tag else ""))
     return 0
 
 
