@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         rows.append(f"| {c['width']} | {c['steps']} | {c['median_seconds']['float32']:.2f} | {c['median_seconds']['bfloat16']:.2f} "
                     f"| {c['speedup']:.2f}x | {', '.join(f'{x:.4f}' for x in c['gradient_cosine'])} "
                     f"| {', '.join(f'{x:.3f}' for x in c['gradient_norm_ratio'])} |")
-    body = "\n".join([f"Command: `{command}`  ", f"Machine: {res['machine']}, {args.threads} torch thread(s)  ",
+    body = "\n".join([f"Command: `{command}`  ", f"Machine: {res['machine']}  ",
                       f"Date: {res['date']}. Median seconds per outer step over {args.rounds} interleaved rounds; "
                       "ConvNet-3, 32 x 32 maps.", "", *rows, "",
                       f"Raw numbers: `{out.relative_to(DOCS.parent) if out.is_relative_to(DOCS.parent) else out}`."])
