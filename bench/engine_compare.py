@@ -137,7 +137,7 @@ def main(argv=None) -> int:
                      f"{frac[0]:.0%} / {frac[1]:.0%} |")
     desc = lambda name: ", ".join(f"{k}={v}" for k, v in sets[name].items()) or "default settings"  # noqa: E731
     body = "\n".join([
-        f"Command: `{command}`  ", f"Machine: {res['machine']}, one torch thread per process  ",
+        f"Command: `{command}`  ", f"Machine: {res['machine']}  ",
         f"Date: {res['date']}. Baseline: commit `{commit[:10]}`, {desc('baseline')}. Candidate: the working tree "
         f"at `{res['candidate_commit'][:10]}`{' with uncommitted changes in src/' if dirty else ''}, "
         f"{desc('candidate')}. Median over {args.rounds} processes per engine and T (fastest of {args.iterations} "
