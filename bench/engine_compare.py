@@ -15,8 +15,8 @@ add settings to one side only, e.g. the opt-in bfloat16 inner network:
 
 The baseline's ``src/`` is exported with ``git archive`` into a temporary folder and put
 first on ``PYTHONPATH``; each worker reports which ``memdistill`` it imported, and the
-run stops if it is not the intended one. Writes docs/bench/engine_compare.json and the
-``engine-compare`` block of docs/BENCHMARKS.md (``--out``/``--doc`` to write elsewhere).
+run stops if it is not the intended one. Writes docs/bench/engine_compare[_TAG].json and the
+``engine-compare[-TAG]`` block of docs/BENCHMARKS.md (``--out``/``--doc`` to write elsewhere).
 """
 
 from __future__ import annotations
