@@ -45,23 +45,31 @@ def schedule_flags(schedule: str) -> dict:
     raise SystemExit(f"unknown schedule {schedule!r}; valid: {SCHEDULES}")
 
 
-def one_cell(mode: str, steps: int, budget: float, width: int, iterations: int, schedule: str = "dense",
-             arch: str = "convnet", n_per_class: int = 10, real_per_class: int = 64, device: str = "cpu",
-             sets: dict | None = None) -> dict:
-    """One cell, timed in this process; ``sets``: more settings (``{"inner.precision": ...}``),
-    for ``bench/engine_compare.py``."""
+def reference_config(mode: str, steps: int, budget: float, width: int, schedule: str = "dense",
+                     arch: str = "convnet", n_per_class: int = 10, real_per_class: int = 64, device: str = "cpu",
+                     sets: dict | None = None):
+    """The reference (``paper``) protocol on MNIST at a cell's network, unroll, budget and
+    schedule (``bases`` K = 16, ds = 2); ``sets``: more settings (``{"inner.precision": ...}``)."""
     from memdistill.config import resolve
-    from memdistill.data import load_dataset
-    from memdistill.distill import Distiller
 
-    # the reference (``paper``) protocol, at this cell's network, unroll, budget and schedule
-    cfg = resolve("paper", "mnist", budget, flags={
+    return resolve("paper", "mnist", budget, flags={
         "device": device,
         "memory": {"num_bases": 16, "downsample": 2},
         "inner": {"arch": arch, "width": width, "steps": steps, "n_per_class": n_per_class, "augment": "none"},
         "outer": {"unroll": mode, "real_per_class": real_per_class, **schedule_flags(schedule)},
         **(sets or {}),
     }, flags_source="bench")
+
+
+def one_cell(mode: str, steps: int, budget: float, width: int, iterations: int, schedule: str = "dense",
+             arch: str = "convnet", n_per_class: int = 10, real_per_class: int = 64, device: str = "cpu",
+             sets: dict | None = None) -> dict:
+    """One cell, timed in this process (``sets``: see :func:`reference_config`; used by
+    ``bench/engine_compare.py``)."""
+    from memdistill.data import load_dataset
+    from memdistill.distill import Distiller
+
+    cfg = reference_config(mode, steps, budget, width, schedule, arch, n_per_class, real_per_class, device, sets)
     d = Distiller(cfg, load_dataset("mnist", "train"))
     mem = d.new_memory()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -35,15 +35,12 @@ sys.path.insert(0, str(HERE))
 
 
 def distiller(precision: str, steps: int, width: int, train):
-    from memdistill.config import resolve
+    """Issue 13's reference cell (``bench/meta_gradient.py``) at ``precision``."""
+    from meta_gradient import reference_config
+
     from memdistill.distill import Distiller
 
-    cfg = resolve("paper", "mnist", 1, flags={
-        "memory": {"num_bases": 16, "downsample": 2},
-        "inner": {"width": width, "steps": steps, "n_per_class": 10, "augment": "none", "precision": precision},
-        "outer": {"real_per_class": 64},
-    }, flags_source="bench")
-    return Distiller(cfg, train)
+    return Distiller(reference_config("checkpointed", steps, 1, width, sets={"inner.precision": precision}), train)
 
 
 def flat(grads) -> torch.Tensor:

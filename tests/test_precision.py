@@ -13,13 +13,7 @@ from memdistill.distill import Distiller
 from memdistill.engine import INNER_PRECISIONS, with_precision
 from memdistill.errors import ConfigError
 
-from test_distill import _tiny
-
-
-@pytest.fixture(scope="module")
-def small_train(mnist_train):
-    g = torch.Generator().manual_seed(0)
-    return mnist_train.subset(torch.randperm(len(mnist_train), generator=g)[:2000])
+from test_distill import _tiny, small_train  # noqa: F401 (small_train: a fixture)
 
 
 def test_float32_is_the_default_everywhere_and_leaves_the_forward_as_it_is():

@@ -41,10 +41,14 @@ def bfloat16_support(device: torch.device) -> tuple[bool, str]:
     return False, f"device type {device.type!r} is not supported for bfloat16 (cuda and cpu are)"
 
 
-def check_precision(precision: str, device: torch.device) -> None:
-    """Raise a :class:`ConfigError` if ``precision`` is unknown or ``device`` cannot run it."""
+def _check_known(precision: str) -> None:
     if precision not in INNER_PRECISIONS:
         raise ConfigError(f"inner.precision must be one of {', '.join(INNER_PRECISIONS)}, got {precision!r}")
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Raise a :class:`ConfigError` if ``precision`` is unknown or ``device`` cannot run it."""
+    _check_known(precision)
     if precision == "bfloat16":
         ok, why = bfloat16_support(device)
         if not ok:
@@ -54,10 +58,12 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 def with_precision(forward: Callable[..., torch.Tensor], precision: str,
                    device: torch.device) -> Callable[..., torch.Tensor]:
-    """``forward(params, x)`` computed at ``precision`` (float32 logits either way)."""
+    """``forward(params, x)`` computed at ``precision`` (float32 logits either way). The
+    caller checks once that ``device`` can run it (:func:`check_precision`; the distiller
+    does at its start): this wraps the forward of every new inner network."""
     if precision == "float32":
         return forward
-    check_precision(precision, device)
+    _check_known(precision)
 
     def low(params, x):
         with torch.autocast(device.type, dtype=torch.bfloat16):
