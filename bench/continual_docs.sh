@@ -12,6 +12,12 @@
 #   START=1            the starting points instead: `shared` and `memories` with --iterations 0
 #                      (each task's memory as initialised, never distilled), written as
 #                      continual_start_*.json; continual_tables.py shows them as "(start)" rows
+#   STRONG=1           the stronger protocol of docs/CONTINUAL.md instead, at budget 1 only (per class
+#                      and fixed total): 40 distillation iterations and at most 60 s of distillation
+#                      per task, a width-32 classifier trained 1000 steps of batch 64 after each task;
+#                      the fixed-total runs hold shared, herding and random only (finetune and joint do
+#                      not depend on the budget). Written as continual_strong_*.json (with START=1:
+#                      continual_strong_start_*.json); the two halves a and b share the runs
 #   SMOKE=1            a minimal check of the script (Split MNIST, seed 0, both budget modes,
 #                      1 distillation iteration, 5 classifier steps) written to $SMOKE_OUT
 #                      (default /tmp/continual_smoke), never to docs/
@@ -21,15 +27,21 @@ export PYTHONPATH=src OMP_NUM_THREADS=1
 SEEDS=${SEEDS:-0 1 2}
 OUT=docs/bench IMG=docs/img
 LIGHT=(--preset cpu-quick --iterations 10 --set inner.width=16 --width 16 --steps 150 --batch-size 64
-       --test-per-class 200 --strategy all --no-progress)
+       --test-per-class 200 --no-progress)
+if [[ ${STRONG:-0} == 1 ]]; then
+  LIGHT=(--preset cpu-quick --iterations 40 --set inner.width=16 --width 32 --steps 1000 --batch-size 64
+         --test-per-class 200 --no-progress)
+  DISTILL_SECONDS=${DISTILL_SECONDS:-60}
+fi
 if [[ -n ${DISTILL_SECONDS:-} ]]; then LIGHT+=(--distill-seconds "$DISTILL_SECONDS"); fi
 if [[ ${SMOKE:-0} == 1 ]]; then
   LIGHT=(--preset cpu-quick --iterations 1 --set inner.width=8 --set inner.steps=2 --set outer.pool_size=0
-         --width 8 --steps 5 --batch-size 32 --test-per-class 10 --strategy all --no-progress)
+         --width 8 --steps 5 --batch-size 32 --test-per-class 10 --no-progress)
   SEEDS=0 OUT=${SMOKE_OUT:-/tmp/continual_smoke} IMG=${SMOKE_OUT:-/tmp/continual_smoke}
 fi
 PREFIX=continual EXTRA=()
-if [[ ${START:-0} == 1 ]]; then PREFIX=continual_start EXTRA=(--iterations 0); fi
+if [[ ${STRONG:-0} == 1 ]]; then PREFIX=continual_strong; fi
+if [[ ${START:-0} == 1 ]]; then PREFIX=${PREFIX}_start EXTRA=(--iterations 0); fi
 mkdir -p "$OUT" "$IMG"
 run() {  # benchmark budget-flag value seed
   local unit strategy=() img="$IMG"
@@ -37,6 +49,10 @@ run() {  # benchmark budget-flag value seed
   if [[ ${START:-0} == 1 ]]; then  # `memories` has no fixed-total mode
     strategy=(--strategy "$([[ $2 == --budget-total-ipc ]] && echo shared || echo shared,memories)")
     img=$(mktemp -d)  # no pictures of the starting points in docs/
+  elif [[ ${STRONG:-0} == 1 ]]; then
+    strategy=(--strategy "$([[ $2 == --budget-total-ipc ]] && echo shared,herding,random || echo all)")
+  else
+    strategy=(--strategy all)
   fi
   local stem="${PREFIX}_${1/:/_}_${unit}_s$4"; stem="${stem/,/+}"
   nice -n 10 python -m memdistill continual --benchmark "$1" "$2" "$3" --seed "$4" "${LIGHT[@]}" \
@@ -53,5 +69,21 @@ if [[ ${SMOKE:-0} == 1 ]]; then
   exit
 fi
 half="${1:-all}"
+if [[ ${STRONG:-0} == 1 ]]; then  # budget 1 only; the per-class runs (the longer ones) alternate between the halves
+  j=0
+  for s in $SEEDS; do
+    for b in split-mnist split-fashion-mnist many:mnist,fashion-mnist; do
+      k=$j
+      for flag in --budget-ipc --budget-total-ipc; do
+        if [[ $half == all || ( $half == a && $((k % 2)) == 0 ) || ( $half == b && $((k % 2)) == 1 ) ]]; then
+          run "$b" "$flag" 1 "$s"
+        fi
+        k=$((k + 1))
+      done
+      j=$((j + 1))
+    done
+  done
+  exit
+fi
 if [[ $half == a || $half == all ]]; then every_budget split-mnist; every_budget many:mnist,fashion-mnist; fi
 if [[ $half == b || $half == all ]]; then every_budget split-fashion-mnist; fi
