@@ -153,6 +153,8 @@ def overview(groups: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--img", default="docs/img", help="where the storage plots go (default docs/img)")
+    ap.add_argument("--overview-only", action="store_true",
+                    help="print the overview table only, not each section (no plots drawn)")
     ap.add_argument("files", nargs="+")
     args = ap.parse_args(argv)
     groups: dict = defaultdict(list)
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         key = (d["benchmark"], d.get("budget_mode", "per-class"), float(d["budget_ipc"]))
         groups[key].append((p, (d, results)))
     print(overview(groups) + "\n")
+    if args.overview_only:
+        return
     for key, items in groups.items():
         print(section(key, [run for _, run in items], [p for p, _ in items], Path(args.img)))
 

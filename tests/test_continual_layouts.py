@@ -50,3 +50,16 @@ def test_a_start_run_gives_start_rows_beside_the_distilled_ones(tmp_path):
     head, _, row = tables.overview(groups).splitlines()
     assert "| shared | shared (start) | memories | memories (start) |" in head
     assert row.split(" | ")[2] == "1"  # one class order, not two runs
+
+
+def test_overview_only_prints_the_overview_and_no_section(tmp_path, capsys):
+    """``--overview-only`` (the stronger protocol's table in docs/CONTINUAL.md): one table,
+    no section headers, no plots drawn."""
+    tables = load_script("continual_tables")
+    src = ROOT / "docs" / "bench" / "continual_split-mnist_ipc1_s0.json"
+    tables.main(["--overview-only", "--img", str(tmp_path), str(src)])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("| benchmark | budget |") and len(out) == 3
+    assert not any(line.startswith("###") for line in out) and not list(tmp_path.iterdir())
+    tables.main(["--img", str(tmp_path), str(src)])
+    assert "### split-mnist" in capsys.readouterr().out
