@@ -17,7 +17,8 @@
 #                      per task, a width-32 classifier trained 1000 steps of batch 64 after each task;
 #                      the fixed-total runs hold shared, herding and random only (finetune and joint do
 #                      not depend on the budget). Written as continual_strong_*.json (with START=1:
-#                      continual_strong_start_*.json); the two halves a and b share the runs
+#                      continual_strong_start_*.json; their plots go to a temporary folder); the two
+#                      halves a and b share the runs
 #   SMOKE=1            a minimal check of the script (Split MNIST, seed 0, both budget modes,
 #                      1 distillation iteration, 5 classifier steps) written to $SMOKE_OUT
 #                      (default /tmp/continual_smoke), never to docs/
@@ -51,6 +52,7 @@ run() {  # benchmark budget-flag value seed
     img=$(mktemp -d)  # no pictures of the starting points in docs/
   elif [[ ${STRONG:-0} == 1 ]]; then
     strategy=(--strategy "$([[ $2 == --budget-total-ipc ]] && echo shared,herding,random || echo all)")
+    img=$(mktemp -d)  # docs/CONTINUAL.md shows the overview table of these runs, no pictures
   else
     strategy=(--strategy all)
   fi
