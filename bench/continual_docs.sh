@@ -17,7 +17,7 @@
 #                      per task, a width-32 classifier trained 1000 steps of batch 64 after each task;
 #                      the fixed-total runs hold shared, herding and random only (finetune and joint do
 #                      not depend on the budget). Written as continual_strong_*.json (with START=1:
-#                      continual_strong_start_*.json; their plots go to a temporary folder); the two
+#                      continual_strong_start_*.json, `shared` alone; their plots go to a temporary folder); the two
 #                      halves a and b share the runs
 #   SMOKE=1            a minimal check of the script (Split MNIST, seed 0, both budget modes,
 #                      1 distillation iteration, 5 classifier steps) written to $SMOKE_OUT
@@ -48,7 +48,7 @@ run() {  # benchmark budget-flag value seed
   local unit strategy=() img="$IMG"
   case $2 in --budget-ipc) unit=ipc$3 ;; --budget-total-ipc) unit=totalipc$3 ;; esac
   if [[ ${START:-0} == 1 ]]; then  # `memories` has no fixed-total mode
-    strategy=(--strategy "$([[ $2 == --budget-total-ipc ]] && echo shared || echo shared,memories)")
+    strategy=(--strategy "$([[ $2 == --budget-total-ipc || ${STRONG:-0} == 1 ]] && echo shared || echo shared,memories)")
     img=$(mktemp -d)  # no pictures of the starting points in docs/
   elif [[ ${STRONG:-0} == 1 ]]; then
     strategy=(--strategy "$([[ $2 == --budget-total-ipc ]] && echo shared,herding,random || echo all)")
