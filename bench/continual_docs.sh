@@ -72,17 +72,12 @@ if [[ ${SMOKE:-0} == 1 ]]; then
 fi
 half="${1:-all}"
 if [[ ${STRONG:-0} == 1 ]]; then  # budget 1 only; the per-class runs (the longer ones) alternate between the halves
-  j=0
+  i=0  # (seed, benchmark) pairs so far; the pair's per-class run goes to half a when i is even
   for s in $SEEDS; do
     for b in split-mnist split-fashion-mnist many:mnist,fashion-mnist; do
-      k=$j
-      for flag in --budget-ipc --budget-total-ipc; do
-        if [[ $half == all || ( $half == a && $((k % 2)) == 0 ) || ( $half == b && $((k % 2)) == 1 ) ]]; then
-          run "$b" "$flag" 1 "$s"
-        fi
-        k=$((k + 1))
-      done
-      j=$((j + 1))
+      [[ $half == all || $half == $([[ $((i % 2)) == 0 ]] && echo a || echo b) ]] && run "$b" --budget-ipc 1 "$s"
+      [[ $half == all || $half == $([[ $((i % 2)) == 1 ]] && echo a || echo b) ]] && run "$b" --budget-total-ipc 1 "$s"
+      i=$((i + 1))
     done
   done
   exit
