@@ -19,6 +19,9 @@
 #                      not depend on the budget). Written as continual_strong_*.json (with START=1:
 #                      continual_strong_start_*.json, `shared` alone; their plots go to a temporary folder); the two
 #                      halves a and b share the runs
+#   STRONG_BUDGET=10   with STRONG=1: the stronger protocol at 10 images per class instead (per class
+#                      only; shared, memories, herding and random: finetune and joint are the budget-1
+#                      runs'), written as continual_strong_*_ipc10_*.json
 #   SMOKE=1            a minimal check of the script (Split MNIST, seed 0, both budget modes,
 #                      1 distillation iteration, 5 classifier steps) written to $SMOKE_OUT
 #                      (default /tmp/continual_smoke), never to docs/
@@ -51,7 +54,9 @@ run() {  # benchmark budget-flag value seed
     strategy=(--strategy "$([[ $2 == --budget-total-ipc || ${STRONG:-0} == 1 ]] && echo shared || echo shared,memories)")
     img=$(mktemp -d)  # no pictures of the starting points in docs/
   elif [[ ${STRONG:-0} == 1 ]]; then
-    strategy=(--strategy "$([[ $2 == --budget-total-ipc ]] && echo shared,herding,random || echo all)")
+    if [[ $2 == --budget-total-ipc ]]; then strategy=(--strategy shared,herding,random)
+    elif [[ $3 == 10 ]]; then strategy=(--strategy shared,memories,herding,random)
+    else strategy=(--strategy all); fi
     img=$(mktemp -d)  # docs/CONTINUAL.md shows the overview table of these runs, no pictures
   else
     strategy=(--strategy all)
@@ -71,6 +76,16 @@ if [[ ${SMOKE:-0} == 1 ]]; then
   exit
 fi
 half="${1:-all}"
+if [[ ${STRONG:-0} == 1 && ${STRONG_BUDGET:-1} == 10 ]]; then  # per class only; the runs alternate between the halves
+  i=0
+  for s in $SEEDS; do
+    for b in split-mnist split-fashion-mnist many:mnist,fashion-mnist; do
+      [[ $half == all || $half == $([[ $((i % 2)) == 0 ]] && echo a || echo b) ]] && run "$b" --budget-ipc 10 "$s"
+      i=$((i + 1))
+    done
+  done
+  exit
+fi
 if [[ ${STRONG:-0} == 1 ]]; then  # budget 1 only; the per-class runs (the longer ones) alternate between the halves
   i=0  # (seed, benchmark) pairs so far; the pair's per-class run goes to half a when i is even
   for s in $SEEDS; do
