@@ -76,22 +76,18 @@ if [[ ${SMOKE:-0} == 1 ]]; then
   exit
 fi
 half="${1:-all}"
-if [[ ${STRONG:-0} == 1 && ${STRONG_BUDGET:-1} == 10 ]]; then  # per class only; the runs alternate between the halves
-  i=0
-  for s in $SEEDS; do
-    for b in split-mnist split-fashion-mnist many:mnist,fashion-mnist; do
-      [[ $half == all || $half == $([[ $((i % 2)) == 0 ]] && echo a || echo b) ]] && run "$b" --budget-ipc 10 "$s"
-      i=$((i + 1))
-    done
-  done
-  exit
-fi
-if [[ ${STRONG:-0} == 1 ]]; then  # budget 1 only; the per-class runs (the longer ones) alternate between the halves
+if [[ ${STRONG:-0} == 1 ]]; then  # the per-class runs (the longer ones) alternate between the halves
+  budget=${STRONG_BUDGET:-1}
+  if [[ $budget != 1 && $budget != 10 ]]; then
+    echo "STRONG_BUDGET must be 1 or 10 (images per class), got '$budget'" >&2; exit 2
+  fi
+  mine() { [[ $half == all || $half == "$1" ]]; }  # half a or b
   i=0  # (seed, benchmark) pairs so far; the pair's per-class run goes to half a when i is even
   for s in $SEEDS; do
     for b in split-mnist split-fashion-mnist many:mnist,fashion-mnist; do
-      [[ $half == all || $half == $([[ $((i % 2)) == 0 ]] && echo a || echo b) ]] && run "$b" --budget-ipc 1 "$s"
-      [[ $half == all || $half == $([[ $((i % 2)) == 1 ]] && echo a || echo b) ]] && run "$b" --budget-total-ipc 1 "$s"
+      if ((i % 2 == 0)); then first=a other=b; else first=b other=a; fi
+      if mine $first; then run "$b" --budget-ipc "$budget" "$s"; fi
+      if [[ $budget == 1 ]] && mine $other; then run "$b" --budget-total-ipc 1 "$s"; fi  # fixed total: budget 1 only
       i=$((i + 1))
     done
   done
