@@ -47,12 +47,13 @@ OUT = DOCS / "bench"
 IMG = DOCS / "img"
 LABELS = {"memory.learned_labels": True}
 # fresh-network unrolls as the presets had them before the pool (``inner.steps``, outer lr;
-# at budget >= 10 the budget settings before the long horizon): the preset's pool switched off
+# at budget >= 10 the budget settings before the long horizon; for ``cpu`` at budget 1 the 32
+# real images per class of its outer loss before 128): the preset's pool switched off
 _FRESH10 = {"outer.pool_size": 0, "inner.steps": 40, "outer.lr": 0.001, "outer.window": 0,
             "outer.random_truncation": False}
 FRESH = {("cpu-quick", 1): {"outer.pool_size": 0, "inner.steps": 10, "outer.lr": 0.01},
          ("cpu-quick", 10): _FRESH10,
-         ("cpu", 1): {"outer.pool_size": 0, "inner.steps": 80, "outer.lr": 0.01},
+         ("cpu", 1): {"outer.pool_size": 0, "inner.steps": 80, "outer.lr": 0.01, "outer.real_per_class": 32},
          ("cpu", 10): _FRESH10}
 POOL = {"outer.pool_size": 4, "outer.pool_unroll": 20, "outer.pool_max_steps": 200, "outer.lr": 0.003}
 METHOD_NAMES = ("fresh", "pool", "labels", "pool+labels")

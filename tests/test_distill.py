@@ -163,6 +163,9 @@ def test_budget10_settings_apply_to_bases_memories_only():
     cpu = resolve("cpu", "mnist", 10)
     assert key(cpu)[1:4] + key(cpu)[6:] == (64, 300, 0.003, 20, True)
     assert cpu.outer.iterations == resolve("cpu", "mnist", 1).outer.iterations
+    # the cpu preset's outer batch: 128 real images per class at budget 1, 32 at budget 10
+    assert (resolve("cpu", "mnist", 1).outer.real_per_class, cpu.outer.real_per_class) == (128, 32)
+    assert resolve("cpu", "mnist", 10, flags=base_schedule("cpu")).outer.real_per_class == 128
     assert "paper" not in BUDGET10_SETTINGS
     assert key(resolve("paper", "mnist", 10))[1:] == key(resolve("paper", "mnist", 1))[1:]
     for settings in BUDGET10_SETTINGS.values():  # every key a real option
