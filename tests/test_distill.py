@@ -4,6 +4,7 @@ end-to-end distillation on MNIST."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -81,6 +82,17 @@ def test_non_finite_meta_gradients_are_skipped_then_rolled_back(small_train, mon
     assert res.skipped == 2 and res.rollbacks == 1 and res.iterations == 6
     assert res.history[-1]["lr"] == pytest.approx(d.config.outer.lr / 2)
     assert all(torch.isfinite(t).all() for t in res.memory.tensors.values())
+
+
+def test_metrics_record_the_scheduled_outer_rate(small_train):
+    """With ``outer.schedule = cosine`` each step's record holds the rate it used
+    (base x 0.5 (1 + cos(pi i / N))), not the base rate."""
+    d = Distiller(_tiny(**{"outer.iterations": 4, "outer.schedule": "cosine"}), small_train)
+    res = d.run()
+    base = d.config.outer.lr
+    got = [r["lr"] for r in res.history]
+    assert got == pytest.approx([base * 0.5 * (1 + math.cos(math.pi * i / 4)) for i in range(4)])
+    assert got[0] == pytest.approx(base) and got[-1] < 0.2 * base
 
 
 def test_configuration_errors(tmp_path):

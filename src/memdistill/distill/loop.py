@@ -402,6 +402,7 @@ class Distiller:
             for group in state.optimizer.param_groups:
                 factor = 0.5 * (1 + math.cos(math.pi * state.iteration / max(oc.iterations, 1)))
                 group["lr"] = group.get("base_lr", state.lr) * factor
+        record["lr"] = state.optimizer.param_groups[0]["lr"]  # the content's rate this step used (scheduled)
         state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
 
