@@ -386,7 +386,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # better. On Fashion-MNIST it learns: +3.67 / +1.74 / +3.56 in 20 steps (seeds 0 / 1 / 2), +5.27 with
 # the cpu preset's 75 (docs/RESULTS.md, "Budget 10").
 # At budget 10 the cpu preset keeps 32 real images per class in the outer loss (its budget-1
-# choice of 128 was measured at budget 1 only; 100 did no better at budget 10).
+# choice of 128 was measured at budget 1 only; at budget 10, 100 did no better than 20 with
+# the cpu-quick settings on MNIST, docs/RESULTS.md "Budget 10").
 BUDGET10_SETTINGS: dict[str, dict[str, Any]] = {
     "cpu-quick": {"memory.num_bases": 64, "inner.steps": 300, "outer.window": 20, "outer.random_truncation": True,
                   "outer.lr": 0.003, "outer.iterations": 20, "outer.pool_size": 0},
