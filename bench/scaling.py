@@ -228,7 +228,7 @@ def write_doc(res: dict, docs: Path, replace_block) -> None:
         f"cell; median of {a['iterations']} outer iterations after one warm-up, an iteration timed until "
         f"its slowest process finishes; the fastest of {a['rounds']} interleaved rounds per cell. "
         f"Load average (1, 5, 15 min) before: {load[0]}, {load[1]}, {load[2]}; after: {load[3]}, {load[4]}, "
-        f"{load[5]} (the machine is shared: other jobs ran beside this one).{extra}",
+        f"{load[5]} (a load above the cells' own means other jobs ran beside them).{extra}",
         "", *rows, "", f"Raw numbers: `docs/bench/scaling{suffix}.json`."])
     replace_block(docs / "SCALING.md", "scaling" + (f"-{a['tag']}" if a["tag"] else ""), body,
                   "Measured: one process against several" + (f" ({a['tag']})" if a["tag"] else ""))
