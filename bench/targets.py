@@ -92,7 +92,8 @@ def row(cell: dict[str, Any]) -> str:
     gains = (f"{mem - start:+.2f} / {mem - herd:+.2f}; "
              + ("ok" if mem - start >= 3 and mem > herd else "**fails the 3-point / herding rule**"))
     refs = " | ".join(_acc(res[r]) if r in res else "-" for r in REFERENCES)
-    return (f"| `{cell['preset']}` | {cell['dataset']} | {cell['budget_ipc']:g} | {_acc(res['memory'])} | {refs} | "
+    steps = cell.get("config", {}).get("outer", {}).get("iterations", "-")  # the preset's count when the cell ran
+    return (f"| `{cell['preset']}` | {cell['dataset']} | {cell['budget_ipc']:g} | {steps} | {_acc(res['memory'])} | {refs} | "
             f"{gains} | {'-' if target is None else f'{target:g}'} | {verdict} | "
             f"{len(res['memory']['accuracies'])} | {cell['distill_wall_seconds']:.0f} | "
             f"{cell['evaluate_wall_seconds']:.0f} | {cell['threads']} |")
@@ -107,9 +108,9 @@ def render(doc: Path) -> None:
              "the row. Every reference is retrained by the same command with the same runs. Reproduce a "
              "row: `python bench/targets.py --cells PRESET.DATASET.BUDGET --runs R --threads N --force` "
              "(each cell's JSON in docs/bench/targets/ holds its two CLI commands).", "",
-             "| preset | dataset | budget | memory | its starting point | random real | herding real | "
+             "| preset | dataset | budget | outer steps | memory | its starting point | random real | herding real | "
              "memory - start / - herding | target | | runs R | distill s | evaluate s | threads |",
-             "|" + "---|" * 14]
+             "|" + "---|" * 15]
     lines += [row(c) for c in cells]
     lines += ["", "Machines and dates: " + "; ".join(sorted({f"{c['machine']}, {c['date']}" for c in cells})) + "."]
     replace_block(doc, "targets", "\n".join(lines), "Targets: the CLI end to end at width 128")
