@@ -161,8 +161,10 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
+        from memdistill.distributed import exit_process
+
         worker(json.loads(args.worker))
-        return
+        exit_process(0)  # a rank ends as the memdistill program does under torchrun
 
     sys.path.insert(0, str(HERE))
     from _report import DOCS, machine, replace_block, today

@@ -18,7 +18,7 @@ import torch
 from memdistill.config import DistillConfig, apply_overrides
 from memdistill.data import ImageDataset
 from memdistill.distill import Distiller
-from memdistill.distributed import init_distributed
+from memdistill.distributed import exit_process, init_distributed
 from memdistill.evaluate import TrainConfig, evaluate
 
 
@@ -102,4 +102,4 @@ def main(spec_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    exit_process(main(sys.argv[1]))  # as the memdistill program ends a torchrun run

@@ -118,6 +118,37 @@ def test_without_torchrun_it_is_one_process_and_bad_devices_fail_clearly():
         init_distributed({"RANK": "3", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "cpu")
 
 
+def test_a_process_outside_a_group_exits_as_sys_exit_does():
+    from memdistill.distributed import exit_process
+
+    with pytest.raises(SystemExit) as info:
+        exit_process(3)
+    assert info.value.code == 3
+
+
+def test_a_rank_ends_without_interpreter_shutdown_and_loses_no_output(tmp_path):
+    """After joining a group, exit_process flushes buffered output and log records, then
+    ends the process with the status given and without the interpreter's shutdown
+    (where gloo's leftover worker threads can abort the process): atexit handlers do
+    not run."""
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import atexit, logging, sys\n"
+        "import memdistill.distributed as d\n"
+        "d._joined_group = True  # as init_distributed sets it under torchrun\n"
+        "logging.basicConfig(filename=sys.argv[1], level=logging.INFO)\n"
+        "atexit.register(lambda: print('interpreter shutdown ran'))\n"
+        "print('buffered ' * 50)  # stdout is a pipe: block-buffered, not yet written\n"
+        "logging.getLogger('memdistill').info('last log record')\n"
+        "d.exit_process(5)\n")
+    log = tmp_path / "run.log"
+    proc = subprocess.run([sys.executable, str(script), str(log)], env=_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 5, proc.stderr
+    assert proc.stdout.count("buffered") == 50 and "shutdown ran" not in proc.stdout
+    assert "last log record" in log.read_text()
+
+
 def test_meta_batch_one_is_the_plain_meta_step(one_thread):
     d = Distiller(tiny_config(**{"outer.meta_batch": 1}), tiny_dataset())
     mem = d.new_memory()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from ._commands import continual, datasets, derive, distill, evaluate, evaluate_subset, info, show
 from ._commands._options import Command
@@ -65,5 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             dist.close(synchronize=finished)  # ranks that finished leave together
 
 
+def run() -> NoReturn:
+    """The ``memdistill`` program: :func:`main`, then the process ends with its status
+    (through :func:`~memdistill.distributed.exit_process`, which a run under torchrun
+    needs to end cleanly)."""
+    from .distributed import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

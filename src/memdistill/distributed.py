@@ -18,8 +18,10 @@ from __future__ import annotations
 import datetime
 import io
 import logging
+import os
+import sys
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NoReturn, Sequence
 
 import torch
 
@@ -31,11 +33,14 @@ __all__ = [
     "launched_by_torchrun",
     "init_distributed",
     "rank_device",
+    "exit_process",
 ]
 
 log = logging.getLogger(__name__)
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+_joined_group = False  # set once this process joins a process group (see exit_process)
 
 
 @dataclass(frozen=True)
@@ -237,8 +242,39 @@ def init_distributed(
             f"rank {rank} of {world} could not join the process group ({str(exc).splitlines()[0]}); "
             "check --rdzv-endpoint / MASTER_ADDR:MASTER_PORT are reachable from every machine"
         ) from exc
+    global _joined_group
+    _joined_group = True
     log.info("rank %d of %d (local rank %d) on %s, backend %s", rank, world, local, dev, backend)
     return DistContext(rank, world, local, backend), dev
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with exit status ``code``: the last call of a program run by torchrun.
+
+    A process that never joined a process group exits as ``sys.exit(code)`` does. One
+    that did flushes its output and log handlers and ends with ``os._exit(code)``,
+    skipping the interpreter's shutdown. The reason is a race inside PyTorch's gloo
+    backend: once ``torch._dynamo`` is imported (every ``torch.optim`` step imports it),
+    ``destroy_process_group()`` no longer destroys the gloo process group, so its worker
+    threads outlive :meth:`DistContext.close`. A worker still releasing a finished
+    collective (which holds tensors owned by Python objects) when the interpreter shuts
+    down cannot take the GIL and calls ``std::terminate``: a rank that finished its run
+    aborts with SIGABRT, torchrun kills the others and the job fails (seen in CI, and in
+    about 1 in 30 two-rank launches on a 2-core machine; the stack is
+    ``ProcessGroupGloo::runLoop`` -> ``~AsyncBarrierWork`` -> ``~AsyncAllreduceWork`` ->
+    ``take_gil`` during ``Py_FinalizeEx``). Without the shutdown there is nothing to race.
+    Every file this project writes is complete before this point (written to a temporary
+    file and renamed), so nothing is lost by skipping ``atexit`` handlers.
+    """
+    if not _joined_group:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more to write
+            pass
+    logging.shutdown()
+    os._exit(code)
 
 
 def sum_over_ranks(ctx: DistContext, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
