@@ -259,8 +259,8 @@ def exit_process(code: int) -> NoReturn:
     threads outlive :meth:`DistContext.close`. A worker still releasing a finished
     collective (which holds tensors owned by Python objects) when the interpreter shuts
     down cannot take the GIL and calls ``std::terminate``: a rank that finished its run
-    aborts with SIGABRT, torchrun kills the others and the job fails (seen in CI, and in
-    3 of about 140 two-rank launches on a 2-core machine; the stack is
+    aborts with SIGABRT, torchrun kills the others and the job fails (seen in CI, rare and
+    timing-dependent; the stack is
     ``ProcessGroupGloo::runLoop`` -> ``~AsyncBarrierWork`` -> ``~AsyncAllreduceWork`` ->
     ``take_gil`` during ``Py_FinalizeEx``). Without the shutdown there is nothing to race.
     Every file this project writes is complete before this point (written to a temporary
