@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -151,7 +152,7 @@ def run_curves(args) -> dict[str, Any]:
             "methods": {m: settings[m] for m in methods}, "extra_sets": args.set or [],
             "start": {"mean": start["mean"], "std": start["std"], "std_ddof": 1}, "herding": herding, "curves": curves,
             "machine": machine(), "date": today(), "torch_threads": torch.get_num_threads(),
-            "command": "python bench/curves.py " + " ".join(sys.argv[1:])}
+            "command": "python bench/curves.py " + shlex.join(sys.argv[1:])}
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
