@@ -12,8 +12,9 @@ The methods run interleaved, one time slice each in turn (each slice resumes the
 method's checkpoint, bit-identically), so a busy machine slows them alike. Time is the
 sum of the outer steps' own seconds (evaluations excluded). After every slice each
 memory is evaluated on the validation split (carved from the training set: the test
-split is never read), with the run's evaluator; the starting point, the same for all
-methods, is evaluated once and drawn as its own line.
+split is never read), with the run's evaluator; the starting point is evaluated once per
+distinct memory and evaluator setting (once in all when no method changes ``memory.*`` or
+``evaluation.*``) and drawn as its own line, and each method is read against its own.
 
     python bench/curves.py --dataset mnist --budget-ipc 1 --seconds 600 --slices 5
 
@@ -25,6 +26,7 @@ the table in ``docs/RESULTS.md`` (``--render`` rebuilds plots and tables from th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -131,8 +133,8 @@ def run_curves(args) -> dict[str, Any]:
         raise SystemExit(f"--only: unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHOD_NAMES)}")
     distillers = {m: Distiller(method_config(args, settings[m]), train) for m in methods}
     first = distillers[methods[0]]
-    start = first.evaluate_memory(first.new_memory())
-    herding = herding_reference(first, args.budget_ipc)
+    starts = starting_points(distillers)
+    herding = None if args.no_herding else herding_reference(first, args.budget_ipc)
     curves: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     spent = {m: 0.0 for m in methods}
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,12 +149,36 @@ def run_curves(args) -> dict[str, Any]:
                                   "std": ev["std"], "std_ddof": 1})
                 print(f"{m:12s} slice {k}: {spent[m]:7.1f} s, {iterations:4d} its, val {100 * ev['mean']:.2f}%",
                       flush=True)
-    return {"dataset": args.dataset, "budget_ipc": args.budget_ipc, "preset": args.preset, "seed": args.seed,
-            "seconds": args.seconds, "slices": args.slices, "eval_runs": args.eval_runs, "split": start["split"],
-            "methods": {m: settings[m] for m in methods}, "extra_sets": args.set or [],
-            "start": {"mean": start["mean"], "std": start["std"], "std_ddof": 1}, "herding": herding, "curves": curves,
-            "machine": machine(), "date": today(), "torch_threads": torch.get_num_threads(),
-            "command": "python bench/curves.py " + shlex.join(sys.argv[1:])}
+    result = {"dataset": args.dataset, "budget_ipc": args.budget_ipc, "preset": args.preset, "seed": args.seed,
+              "seconds": args.seconds, "slices": args.slices, "eval_runs": args.eval_runs,
+              "split": starts[methods[0]]["split"], "methods": {m: settings[m] for m in methods},
+              "extra_sets": args.set or [], "start": starts[methods[0]],
+              "starts": starts, "curves": curves, "machine": machine(), "date": today(),
+              "torch_threads": torch.get_num_threads(), "command": "python bench/curves.py " + shlex.join(sys.argv[1:])}
+    if herding is not None:
+        result["herding"] = herding
+    return result
+
+
+def starting_points(distillers: dict[str, Distiller]) -> dict[str, dict[str, Any]]:
+    """Each method's starting point judged by its evaluator, evaluated once per distinct
+    ``memory`` and ``evaluation`` configuration (methods that change neither share one)."""
+    done: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for m, d in distillers.items():
+        key = json.dumps([dataclasses.asdict(d.config.memory), dataclasses.asdict(d.config.evaluation)],
+                         sort_keys=True, default=str)
+        if key not in done:
+            ev = d.evaluate_memory(d.new_memory())
+            done[key] = {"split": ev["split"], "mean": ev["mean"], "std": ev["std"], "std_ddof": 1}
+        out[m] = done[key]
+    return out
+
+
+def start_of(result: dict[str, Any], method: str) -> float:
+    """``method``'s starting accuracy in %: its own where the JSON records one per method
+    (JSONs written before that share ``start``)."""
+    return 100 * result.get("starts", {}).get(method, result["start"])["mean"]
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -162,12 +188,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    start = 100 * result["start"]["mean"]
+    own = len({start_of(result, m) for m in result["curves"]}) > 1
     for m, points in result["curves"].items():
+        start = start_of(result, m)
         xs = [0.0] + [p["seconds"] for p in points]
         ys = [start] + [100 * p["mean"] for p in points]
-        ax.plot(xs, ys, marker="o", label=m)
-    ax.axhline(start, color="grey", linestyle="--", label="starting point")
+        (line,) = ax.plot(xs, ys, marker="o", label=m)
+        if own:
+            ax.axhline(start, color=line.get_color(), linestyle="--", label=f"{m}: starting point")
+    if not own:
+        ax.axhline(start_of(result, next(iter(result["curves"]))), color="grey", linestyle="--",
+                   label="starting point")
     if "herding" in result:
         ax.axhline(100 * result["herding"]["mean"], color="black", linestyle=":", label="herding (equal storage)")
     ax.set_xlabel("distillation wall seconds (outer steps only)")
@@ -188,16 +219,20 @@ def _herding_text(result: dict[str, Any]) -> str:
 
 
 def markdown(result: dict[str, Any], image: str) -> str:
-    start = 100 * result["start"]["mean"]
+    starts = {m: start_of(result, m) for m in result["curves"]}
+    if len(set(starts.values())) > 1:
+        start_text = "starting points " + ", ".join(f"{m} **{v:.2f}%**" for m, v in starts.items())
+    else:
+        start_text = f"starting point **{next(iter(starts.values())):.2f}%**"
     lines = [f"{result['dataset']}, budget {result['budget_ipc']:g}, preset `{result['preset']}`, seed "
-             f"{result['seed']}; {result['split']} split; starting point **{start:.2f}%**{_herding_text(result)}. "
+             f"{result['seed']}; {result['split']} split; {start_text}{_herding_text(result)}. "
              f"Machine: {result['machine']}; {result['date']}. Command: `{result['command']}`.", "",
              "| method | settings | seconds | outer steps | accuracy | vs starting point |", "|---|---|---|---|---|---|"]
     for m, points in result["curves"].items():
         settings = ", ".join(f"{k}={v}" for k, v in result["methods"][m].items()) or "preset"
         for p in points:
             lines.append(f"| {m} | {settings} | {p['seconds']:.0f} | {p['iterations']} | {100 * p['mean']:.2f} | "
-                         f"{100 * p['mean'] - start:+.2f} |")
+                         f"{100 * p['mean'] - starts[m]:+.2f} |")
     lines += ["", f"![curves]({image})"]
     return "\n".join(lines)
 
@@ -225,6 +260,8 @@ def main(argv=None) -> int:
     p.add_argument("--method", action="append",
                    help="an extra method NAME:KEY=VALUE[,KEY=VALUE...] over the preset, run after the --only ones "
                         "(e.g. fresh-mb4:outer.pool_size=0,inner.steps=40,outer.lr=0.001,outer.meta_batch=4)")
+    p.add_argument("--no-herding", action="store_true",
+                   help="skip the herding reference (e.g. when another run of the same evaluator has it)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--root", default=None)
     p.add_argument("--tag", default="", help="a separate JSON, plot and doc block (curves_..._TAG)")

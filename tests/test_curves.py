@@ -37,3 +37,24 @@ def test_each_committed_curve_file_is_the_table_in_the_results_doc():
         for m, points in result["curves"].items():
             assert m in result["methods"] and len(points) == result["slices"]
             assert all(p["std_ddof"] == 1 for p in points)
+
+
+def test_a_method_with_another_memory_is_read_against_its_own_starting_point():
+    """Two methods whose memories differ (K = 4 against K = 8 bases) get their own
+    starting points, evaluated once each; a method that changes neither memory nor
+    evaluator shares the first one's, and the table reads each against its own."""
+    args = curves.argparse.Namespace(
+        dataset="mnist", budget_ipc=1.0, preset="cpu-quick", seconds=0.5, slices=1, eval_runs=1, seed=0, root=None,
+        only="", no_herding=True, set=["evaluation.epochs=2", "evaluation.width=8", "inner.width=8",
+                                        "outer.real_per_class=2", "outer.pool_size=0", "inner.steps=2"],
+        method=["k4:memory.num_bases=4", "k4-lr:memory.num_bases=4,outer.lr=0.001", "k8:memory.num_bases=8"])
+    result = curves.run_curves(args)
+    starts = result["starts"]
+    assert set(starts) == {"k4", "k4-lr", "k8"} and "herding" not in result
+    assert starts["k4"] is starts["k4-lr"] and starts["k4"] is not starts["k8"]
+    assert starts["k4"]["mean"] != starts["k8"]["mean"]
+    table = curves.markdown(result, "img/x.png")
+    for m, points in result["curves"].items():
+        delta = 100 * points[0]["mean"] - 100 * starts[m]["mean"]
+        assert f"| {m} |" in table and f"{delta:+.2f} |" in table
+    assert "starting points k4 **" in table
