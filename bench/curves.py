@@ -218,6 +218,46 @@ def _herding_text(result: dict[str, Any]) -> str:
     return f", herding at equal storage ({h['images_per_class']} real images per class) **{100 * h['mean']:.2f}%**"
 
 
+def _command_text(result: dict[str, Any]) -> str:
+    if "commands" not in result:
+        return f"Command: `{result['command']}`."
+    runs = "; ".join(f"`{c}`" for c in result["commands"])
+    return (f"Commands (one process per method, run side by side, one core each; merged by "
+            f"`{result['merge_command']}`): {runs}.")
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of the same protocol that each ran other methods (one process
+    per method, so that they can run side by side on separate cores): their curves, each
+    method's own starting point, and herding where one of them measured it."""
+    same = ("dataset", "budget_ipc", "preset", "seed", "seconds", "slices", "eval_runs", "split", "extra_sets",
+            "torch_threads")
+    first = results[0]
+    for key in same:
+        values = {json.dumps(r.get(key), sort_keys=True) for r in results}
+        if len(values) > 1:
+            raise SystemExit(f"--merge: the runs differ in {key!r} ({', '.join(sorted(values))}); "
+                             f"only runs of the same protocol can be merged")
+    names = [m for r in results for m in r["curves"]]
+    if len(names) != len(set(names)):
+        raise SystemExit(f"--merge: a method name appears in more than one run ({', '.join(names)}); "
+                         f"rename with --tag/--method")
+    herding = [r["herding"] for r in results if "herding" in r]
+    if len({json.dumps(h, sort_keys=True) for h in herding}) > 1:
+        raise SystemExit("--merge: the runs measured different herding references")
+    out = {k: first[k] for k in same}
+    out["methods"] = {m: s for r in results for m, s in r["methods"].items()}
+    out["curves"] = {m: c for r in results for m, c in r["curves"].items()}
+    out["starts"] = {m: r.get("starts", {}).get(m, r["start"]) for r in results for m in r["curves"]}
+    out["start"] = out["starts"][names[0]]
+    if herding:
+        out["herding"] = herding[0]
+    out["machine"] = " / ".join(dict.fromkeys(r["machine"] for r in results))
+    out["date"] = " / ".join(dict.fromkeys(r["date"] for r in results))
+    out["commands"] = [r["command"] for r in results]
+    return out
+
+
 def markdown(result: dict[str, Any], image: str) -> str:
     starts = {m: start_of(result, m) for m in result["curves"]}
     if len(set(starts.values())) > 1:
@@ -226,7 +266,7 @@ def markdown(result: dict[str, Any], image: str) -> str:
         start_text = f"starting point **{next(iter(starts.values())):.2f}%**"
     lines = [f"{result['dataset']}, budget {result['budget_ipc']:g}, preset `{result['preset']}`, seed "
              f"{result['seed']}; {result['split']} split; {start_text}{_herding_text(result)}. "
-             f"Machine: {result['machine']}; {result['date']}. Command: `{result['command']}`.", "",
+             f"Machine: {result['machine']}; {result['date']}. {_command_text(result)}", "",
              "| method | settings | seconds | outer steps | accuracy | vs starting point |", "|---|---|---|---|---|---|"]
     for m, points in result["curves"].items():
         settings = ", ".join(f"{k}={v}" for k, v in result["methods"][m].items()) or "preset"
@@ -267,15 +307,29 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="", help="a separate JSON, plot and doc block (curves_..._TAG)")
     p.add_argument("--doc", type=Path, default=DOCS / "RESULTS.md")
     p.add_argument("--render", type=Path, help="only re-plot and re-table this JSON")
+    p.add_argument("--merge", type=Path, nargs="+",
+                   help="merge these JSONs (runs of the same protocol, other methods each) into one, "
+                        "named by --dataset, --budget-ipc, --preset and --tag, and render it")
     args = p.parse_args(argv)
     if args.render:
         render(args.render, args.doc)
         return 0
+    suffix = ("" if args.preset == "cpu-quick" else f"_{args.preset}") + (f"_{args.tag}" if args.tag else "")
+    out = OUT / f"curves_{args.dataset}_b{args.budget_ipc:g}{suffix}.json"
+    if args.merge:
+        result = merge([json.loads(f.read_text()) for f in args.merge])
+        if (result["dataset"], result["budget_ipc"], result["preset"]) != (args.dataset, args.budget_ipc, args.preset):
+            raise SystemExit(f"--merge: the runs are {result['dataset']}, budget {result['budget_ipc']:g}, preset "
+                             f"{result['preset']}; pass the same --dataset, --budget-ipc and --preset")
+        result["merge_command"] = "python bench/curves.py " + shlex.join(sys.argv[1:])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(result, indent=1))
+        render(out, args.doc)
+        print(f"wrote {out}")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run_curves(args)
-    suffix = ("" if args.preset == "cpu-quick" else f"_{args.preset}") + (f"_{args.tag}" if args.tag else "")
-    out = OUT / f"curves_{args.dataset}_b{args.budget_ipc:g}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1))
     render(out, args.doc)

@@ -58,3 +58,32 @@ def test_a_method_with_another_memory_is_read_against_its_own_starting_point():
         delta = 100 * points[0]["mean"] - 100 * starts[m]["mean"]
         assert f"| {m} |" in table and f"{delta:+.2f} |" in table
     assert "starting points k4 **" in table
+
+
+def _run(method: str, start: float, **extra):
+    point = {"seconds": 10.0, "iterations": 3, "mean": start + 0.05, "std": 0.0, "std_ddof": 1}
+    return {"dataset": "mnist", "budget_ipc": 1.0, "preset": "cpu", "seed": 0, "seconds": 10.0, "slices": 1,
+            "eval_runs": 1, "split": "val", "extra_sets": [], "torch_threads": 1, "methods": {method: {"k": 1}},
+            "curves": {method: [point]}, "start": {"split": "val", "mean": start, "std": 0.0, "std_ddof": 1},
+            "machine": "m", "date": "d", "command": f"python bench/curves.py --method {method}:k=1", **extra}
+
+
+def test_runs_of_one_protocol_merge_into_one_table_with_their_own_starts_and_commands():
+    herding = {"mean": 0.5, "std": 0.0, "std_ddof": 1, "images_per_class": 1}
+    merged = curves.merge([_run("a", 0.6, herding=herding), _run("b", 0.7)])
+    merged["merge_command"] = "python bench/curves.py --merge x y"
+    assert list(merged["curves"]) == ["a", "b"] and merged["herding"] == herding
+    assert merged["starts"]["a"]["mean"] == 0.6 and merged["starts"]["b"]["mean"] == 0.7
+    table = curves.markdown(merged, "img/x.png")
+    assert table.count("| +5.00 |") == 2  # each method against its own start
+    assert "`python bench/curves.py --method a:k=1`; `python bench/curves.py --method b:k=1`" in table
+    assert "starting points a **60.00%**, b **70.00%**" in table
+
+
+@pytest.mark.parametrize("change, words", [({"seconds": 20.0}, "differ in 'seconds'"),
+                                           ({"dataset": "fashion-mnist"}, "differ in 'dataset'")])
+def test_runs_of_other_protocols_or_clashing_names_are_not_merged(change, words):
+    with pytest.raises(SystemExit, match=words):
+        curves.merge([_run("a", 0.6), {**_run("b", 0.7), **change}])
+    with pytest.raises(SystemExit, match="more than one run"):
+        curves.merge([_run("a", 0.6), _run("a", 0.7)])
