@@ -204,7 +204,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("distillation wall seconds (outer steps only)")
     ax.set_ylabel(f"{result['split']} accuracy (%)")
     ax.set_title(f"{result['dataset']}, budget {result['budget_ipc']:g}, preset {result['preset']}")
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -87,3 +87,16 @@ def test_runs_of_other_protocols_or_clashing_names_are_not_merged(change, words)
         curves.merge([_run("a", 0.6), {**_run("b", 0.7), **change}])
     with pytest.raises(SystemExit, match="more than one run"):
         curves.merge([_run("a", 0.6), _run("a", 0.7)])
+
+
+def test_each_committed_merged_curve_file_is_the_merge_of_its_committed_parts():
+    merged_files = [p for p in sorted((ROOT / "docs" / "bench").glob("curves_*.json"))
+                    if "commands" in json.loads(p.read_text())]
+    assert merged_files, "no committed merged curve file"
+    for path in merged_files:
+        result = json.loads(path.read_text())
+        argv = curves.shlex.split(result["merge_command"])
+        parts = argv[argv.index("--merge") + 1:]
+        again = curves.merge([json.loads((ROOT / part).read_text()) for part in parts])
+        again["merge_command"] = result["merge_command"]
+        assert again == result, f"{path.name}: rerun its merge_command"
