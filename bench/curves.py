@@ -21,6 +21,11 @@ distinct memory and evaluator setting (once in all when no method changes ``memo
 writes ``docs/bench/curves_<dataset>_b<budget>.json`` (``..._<preset>.json`` for a preset
 other than ``cpu-quick``), a PNG plot in ``docs/img/`` and
 the table in ``docs/RESULTS.md`` (``--render`` rebuilds plots and tables from the JSON).
+
+To use both cores, run one method per process (``--only '' --method NAME:...``, each
+pinned to its own core, ``--no-herding`` on all but one), keep the JSONs under
+``docs/bench/curves_parts/``, and join them with ``--merge PART.json ... --tag TAG``: one
+JSON, plot and table, each method read against its own starting point.
 """
 
 from __future__ import annotations
