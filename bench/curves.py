@@ -227,8 +227,7 @@ def _command_text(result: dict[str, Any]) -> str:
     if "commands" not in result:
         return f"Command: `{result['command']}`."
     runs = "; ".join(f"`{c}`" for c in result["commands"])
-    return (f"Commands (one process per method, run side by side, one core each; merged by "
-            f"`{result['merge_command']}`): {runs}.")
+    return f"Commands (one process per method; merged by `{result['merge_command']}`): {runs}."
 
 
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -246,7 +245,7 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     names = [m for r in results for m in r["curves"]]
     if len(names) != len(set(names)):
         raise SystemExit(f"--merge: a method name appears in more than one run ({', '.join(names)}); "
-                         f"rename with --tag/--method")
+                         f"give them other names (--method NAME:...)")
     herding = [r["herding"] for r in results if "herding" in r]
     if len({json.dumps(h, sort_keys=True) for h in herding}) > 1:
         raise SystemExit("--merge: the runs measured different herding references")
