@@ -180,10 +180,15 @@ def starting_points(distillers: dict[str, Distiller]) -> dict[str, dict[str, Any
     return out
 
 
+def _start_entry(result: dict[str, Any], method: str) -> dict[str, Any]:
+    """``method``'s starting point: its own where the JSON records one per method (JSONs
+    written before that share ``start``)."""
+    return result.get("starts", {}).get(method, result["start"])
+
+
 def start_of(result: dict[str, Any], method: str) -> float:
-    """``method``'s starting accuracy in %: its own where the JSON records one per method
-    (JSONs written before that share ``start``)."""
-    return 100 * result.get("starts", {}).get(method, result["start"])["mean"]
+    """``method``'s starting accuracy in %."""
+    return 100 * _start_entry(result, method)["mean"]
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -252,7 +257,7 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     out = {k: first[k] for k in same}
     out["methods"] = {m: s for r in results for m, s in r["methods"].items()}
     out["curves"] = {m: c for r in results for m, c in r["curves"].items()}
-    out["starts"] = {m: r.get("starts", {}).get(m, r["start"]) for r in results for m in r["curves"]}
+    out["starts"] = {m: _start_entry(r, m) for r in results for m in r["curves"]}
     out["start"] = out["starts"][names[0]]
     if herding:
         out["herding"] = herding[0]
