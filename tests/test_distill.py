@@ -174,8 +174,10 @@ def test_budget10_settings_apply_to_bases_memories_only():
     assert key(off)[1:] == key(base)[1:] and off.inner.n_per_class == 20
     cpu = resolve("cpu", "mnist", 10)
     assert key(cpu)[1:4] + key(cpu)[6:] == (64, 300, 0.003, 20, True)
-    # the cpu preset's outer steps: 120 at budget 1, 75 at budget 10 (flat after 50 there)
-    assert (resolve("cpu", "mnist", 1).outer.iterations, cpu.outer.iterations) == (120, 75)
+    # the cpu preset's outer steps: 200 at budget 1, 75 at budget 10 (flat after 50 there)
+    assert (resolve("cpu", "mnist", 1).outer.iterations, cpu.outer.iterations) == (200, 75)
+    # its recalled examples per class per inner step: 5 at budget 1, 20 at budget 10
+    assert (resolve("cpu", "mnist", 1).inner.n_per_class, cpu.inner.n_per_class) == (5, 20)
     # the cpu preset's outer batch: 128 real images per class at budget 1, 32 at budget 10
     assert (resolve("cpu", "mnist", 1).outer.real_per_class, cpu.outer.real_per_class) == (128, 32)
     assert resolve("cpu", "mnist", 10, flags=base_schedule("cpu")).outer.real_per_class == 128
