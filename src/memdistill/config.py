@@ -354,7 +354,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 120 outer steps, not 75: on the validation split the memory still rose after 75 (at
     # 75 / 125 / 150 steps, Fashion-MNIST 79.75 / 81.41 / 81.93%, MNIST 94.50 / 94.80 /
     # 95.08%), and two threads run an outer step 1.46x faster than one (docs/SCALING.md),
-    # so 120 fit in 30 minutes on 2 cores (docs/RESULTS.md, "More outer steps").
+    # so 120 fit in 30 minutes on 2 cores (docs/RESULTS.md, "More outer steps"); 200 since
+    # the inner batch fell to 5 per class (below).
     # K = 16 bases at 14 x 14 and outer lr 0.01 (chosen on MNIST) kept on Fashion-MNIST: in
     # 900 s K = 8 (at 14 x 14 or 28 x 28) fell 5-6 points behind, K = 32 and lr 0.02 were level,
     # lr 0.005 behind (validation split, width 128; docs/RESULTS.md, "the number of bases").
