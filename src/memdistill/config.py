@@ -359,11 +359,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # K = 16 bases at 14 x 14 and outer lr 0.01 (chosen on MNIST) kept on Fashion-MNIST: in
     # 900 s K = 8 (at 14 x 14 or 28 x 28) fell 5-6 points behind, K = 32 and lr 0.02 were level,
     # lr 0.005 behind (validation split, width 128; docs/RESULTS.md, "the number of bases").
-    # 5 recalled examples per class per inner step, not 10: an outer step costs about half,
-    # and in 900 s on the validation split (width 128) the memory reached 81.80% against
-    # 80.63% on Fashion-MNIST (83 against 46 steps) and 95.03% against 94.33% on MNIST after
-    # about 450 s; 20 per class fell behind (77.57%), 3 was level with 5 (docs/RESULTS.md,
-    # "recalled examples per inner step"). 200 outer steps then fit in 30 minutes on 2 cores.
+    # 5 recalled examples per class per inner step, not 10: cheaper outer steps, and in 900 s
+    # on the validation split (width 128) the memory reached 81.80% against 80.63% on
+    # Fashion-MNIST (83 against 46 steps) and 95.03% against 94.33% on MNIST after about
+    # 450 s; 20 per class fell behind (77.57%), 3 was level with 5 (docs/RESULTS.md,
+    # "recalled examples per inner step"). 200 outer steps took 2 662 s (Fashion-MNIST) at
+    # ONE thread beside another run; not yet timed at two threads (docs/RESULTS.md, "Targets").
     "cpu": {
         "inner": {"width": 32, "steps": 80, "n_per_class": 5, "augment": "none"},
         "outer": {"iterations": 200, "optimizer": "adam", "lr": 0.01, "real_per_class": 128},
