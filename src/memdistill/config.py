@@ -363,8 +363,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # on the validation split (width 128) the memory reached 81.80% against 80.63% on
     # Fashion-MNIST (83 against 46 steps) and 95.03% against 94.33% on MNIST after about
     # 450 s; 20 per class fell behind (77.57%), 3 was level with 5 (docs/RESULTS.md,
-    # "recalled examples per inner step"). 200 outer steps took 1 586 s (Fashion-MNIST, alone
-    # at two threads, validation evaluations included; docs/RESULTS.md, "Targets").
+    # "recalled examples per inner step"). 200 outer steps took 1 586 s (Fashion-MNIST) and
+    # 1 504 s (MNIST), each alone at two threads, validation evaluations included
+    # (docs/RESULTS.md, "Targets").
     # No augmentation and a constant outer rate kept: flip_rotate (Fashion-MNIST) and a cosine
     # decay did not help on the validation split (docs/RESULTS.md, "augmentation on
     # Fashion-MNIST", "cosine decay"). Inner lr 0.01 kept: 0.03 was behind on both datasets at
