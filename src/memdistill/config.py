@@ -364,7 +364,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Fashion-MNIST (83 against 46 steps) and 95.03% against 94.33% on MNIST after about
     # 450 s; 20 per class fell behind (77.57%), 3 was level with 5 (docs/RESULTS.md,
     # "recalled examples per inner step"). 200 outer steps took 1 586 s (Fashion-MNIST) and
-    # 1 504 s (MNIST), each alone at two threads, validation evaluations included
+    # 1 507 s (MNIST), each alone at two threads, validation evaluations included
     # (docs/RESULTS.md, "Targets").
     # No augmentation and a constant outer rate kept: flip_rotate (Fashion-MNIST) and a cosine
     # decay did not help on the validation split (docs/RESULTS.md, "augmentation on
