@@ -25,7 +25,7 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--downsample", type=int, help="bases stored at H/ds x W/ds")
     s.add_argument("--learned-labels", action="store_const", const=True,
                    help="learn labels too: logits per recalled example, recalled as a softmax (rate: --set "
-                        "outer.label_lr=...; they did not help on MNIST, docs/RESULTS.md)")
+                        "outer.label_lr=...; they did not help on MNIST or Fashion-MNIST, docs/RESULTS.md)")
     s.add_argument("--inner-steps", type=int, help="inner training steps T")
     s.add_argument("--iterations", type=int, help="outer iterations")
     s.add_argument("--unroll", help="checkpointed | full")
