@@ -34,6 +34,8 @@ RESUME_KEYS = ("dataset", "seed", "zca", "memory")
 """Configuration sections that must be unchanged for a run to resume from a checkpoint."""
 POOL_KEYS = ("pool_size", "pool_unroll", "pool_max_steps")
 """Options of ``outer`` that must be unchanged too: the model pool the checkpoint holds."""
+REGRESSION_KEYS = ("regression_steps", "regression_pool", "regression_max_steps")
+"""And those of the feature-regression pool and phase (:mod:`.regression`)."""
 
 PathLike = str | os.PathLike
 
@@ -63,13 +65,24 @@ def _check_config(snapshot: dict[str, Any], config: DistillConfig, path: PathLik
                 f"checkpoint {path} was written with a different {key} ({saved_cfg.get(key)!r} vs "
                 f"{now.get(key)!r}); resume with the same configuration or start afresh without --resume"
             )
-    defaults = {"pool_size": 0}  # checkpoints from before the pool had none
-    for key in POOL_KEYS:
-        was, want = saved_cfg["outer"].get(key, defaults.get(key)), now["outer"][key]
-        if was != want and (saved_cfg["outer"].get("pool_size", 0) or now["outer"]["pool_size"]):
+    # checkpoints from before the pool / feature regression had none: the first key's 0
+    _check_outer_keys(saved_cfg["outer"], now["outer"], POOL_KEYS, "its model pool", path)
+    _check_outer_keys(saved_cfg["outer"], now["outer"], REGRESSION_KEYS, "its feature-regression phase", path)
+
+
+def _check_outer_keys(saved: dict[str, Any], now: dict[str, Any], keys: tuple[str, ...], what: str,
+                      path: PathLike) -> None:
+    """Refuse a resume whose ``outer.<keys>`` differ from the checkpoint's while the
+    feature they configure (on when ``keys[0]`` is non-zero) is on in either."""
+    switch = keys[0]
+    if not (saved.get(switch, 0) or now[switch]):
+        return
+    for key in keys:
+        was, want = saved.get(key, 0 if key == switch else None), now[key]
+        if was != want:
             raise ConfigError(
-                f"checkpoint {path} was written with outer.{key}={was!r} (its model pool), this run has "
-                f"{want!r}; resume with the same pool settings or start afresh without --resume"
+                f"checkpoint {path} was written with outer.{key}={was!r} ({what}), this run has {want!r}; "
+                "resume with the same settings or start afresh without --resume"
             )
 
 

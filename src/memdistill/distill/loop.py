@@ -36,6 +36,7 @@ from ..memory import Memory
 from ..models import supported_options
 from .checkpoint import append_metrics, load_checkpoint, read_metrics, reset_metrics, save_checkpoint
 from .pool import Member, ModelPool
+from .regression import feature_network, regression_step
 from .step import StepInputs, StepResult, check_class_split, inner_network, meta_step, outer_gradient
 from .streams import sample_generator, stream
 
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 POOL_STREAM = 0x706F6F6C  # names the random streams of pool members' initialisations
+REGRESSION_STREAM = 0x66727270  # names those of the feature-regression pool's networks
 
 
 @dataclass
@@ -94,6 +96,8 @@ class RunState:
         last_eval: the latest evaluation on the validation split.
         start_eval: the evaluation of the starting point (before the first outer step).
         pool: the model pool (``outer.pool_size > 0``), else ``None``.
+        regression_pool: the networks of the feature-regression steps
+            (``outer.regression_steps > 0``, :mod:`.regression`), else ``None``.
         failures_in_a_row: non-finite meta-gradients since the last finite one (not
             part of a snapshot).
     """
@@ -107,6 +111,7 @@ class RunState:
     last_eval: dict[str, Any] | None = None
     start_eval: dict[str, Any] | None = None
     pool: ModelPool | None = None
+    regression_pool: ModelPool | None = None
     failures_in_a_row: int = 0
 
     def snapshot(self) -> dict[str, Any]:
@@ -117,6 +122,7 @@ class RunState:
             "memory": {k: v.detach().clone() for k, v in self.memory.tensors.items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "pool": None if self.pool is None else self.pool.state_dict(),
+            "regression_pool": None if self.regression_pool is None else self.regression_pool.state_dict(),
         }
 
     def restore(self, snap: dict[str, Any], new_optimizer: Callable[..., torch.optim.Optimizer],
@@ -131,8 +137,11 @@ class RunState:
         self.start_eval = json.loads(snap.get("start_eval", "null"))  # absent from older checkpoints
         if counters:
             self.skipped, self.rollbacks = snap["skipped"], snap["rollbacks"]
+        device = self.memory.tensors[self.memory.names[0]].device
         if self.pool is not None:
-            self.pool.load_state_dict(snap["pool"], device=self.memory.tensors[self.memory.names[0]].device)
+            self.pool.load_state_dict(snap["pool"], device=device)
+        if self.regression_pool is not None:
+            self.regression_pool.load_state_dict(snap["regression_pool"], device=device)
 
 
 class Distiller:
@@ -184,6 +193,8 @@ class Distiller:
         if config.outer.pool_size:
             forward, _ = inner_network(self._inputs, torch.Generator().manual_seed(0))  # only its forward
             self._inputs = dataclasses.replace(self._inputs, pool_forward=forward)
+        if config.outer.regression_steps:
+            self._regression_net = feature_network(self._inputs, torch.Generator().manual_seed(0))[:2]
         self._split = bool(config.outer.split_classes) and self.dist.distributed
         if self._split:
             check_class_split(config, self.train, self.label_space, self._inputs.arch_options, self.dist.world_size)
@@ -242,6 +253,27 @@ class Distiller:
         """An empty model pool as ``outer.pool_*`` say (``None`` without one)."""
         oc = self.config.outer
         return ModelPool(oc.pool_size, oc.pool_unroll, oc.pool_max_steps) if oc.pool_size else None
+
+    def regression_step(self, memory: Memory, iteration: int, sample: int = 0,
+                        member: Member | None = None) -> StepResult:
+        """Feature-regression loss and gradient of ``memory`` at ``iteration`` on pool
+        ``member`` (:mod:`.regression`; randomness: :func:`sample_generator`)."""
+        if member is None:
+            raise ValueError("a feature-regression step needs a member of the regression pool")
+        g = sample_generator(self.config.seed, iteration, sample)
+        return regression_step(self._inputs, memory, g, member, self._regression_net)
+
+    def new_regression_pool(self) -> ModelPool | None:
+        """An empty pool of feature-regression networks (``None`` without
+        ``outer.regression_steps``): each use trains a member one step."""
+        oc = self.config.outer
+        return ModelPool(oc.regression_pool, 1, oc.regression_max_steps) if oc.regression_steps else None
+
+    def new_regression_member(self, index: int, generation: int):
+        """The initial ``(params, opt_state)`` of regression-pool member ``index`` in
+        ``generation``, from the stream ``(seed, REGRESSION_STREAM, index, generation)``."""
+        init = feature_network(self._inputs, stream(self.config.seed, REGRESSION_STREAM, index, generation))[2]
+        return init, tuple(self._inputs.inner_optimizer.init(init))
 
     def new_member(self, index: int, generation: int):
         """The initial ``(params, opt_state)`` of pool member ``index`` in ``generation``:
@@ -327,7 +359,8 @@ class Distiller:
         exists (rank 0 reads it and hands its bytes to every rank: no shared disk needed)."""
         memory = self.new_memory()
         lr = self.config.outer.lr
-        state = RunState(memory, self._outer_optimizer(memory, lr), lr=lr, pool=self.new_pool())
+        state = RunState(memory, self._outer_optimizer(memory, lr), lr=lr, pool=self.new_pool(),
+                         regression_pool=self.new_regression_pool())
         if checkpoint is None:
             return state
         main = self.dist.is_main
@@ -355,14 +388,23 @@ class Distiller:
         oc, ec = self.config.outer, self.config.evaluation
         t0 = time.perf_counter()
         it = state.iteration
-        members, taken = self._take_members(state.pool, it)
-        result = self.outer_gradient(state.memory, it, members)
+        regression = it < oc.regression_steps
+        if oc.regression_steps and it == oc.regression_steps:  # the unrolls start with a fresh optimiser
+            state.optimizer = self._outer_optimizer(state.memory, state.lr)
+        pool = state.regression_pool if regression else state.pool
+        members, taken = self._take_members(pool, it, self.new_regression_member if regression else self.new_member)
+        if regression:
+            result = outer_gradient(self.regression_step, state.memory, it, oc.meta_batch, self.dist, False,
+                                    self.device, members=members)
+        else:
+            result = self.outer_gradient(state.memory, it, members)
         loss, grads, inner_losses = result
-        record: dict[str, Any] = {"iteration": it, "loss": loss, "lr": state.lr}
+        record: dict[str, Any] = {"iteration": it, "loss": loss, "lr": state.lr,
+                                  "objective": "regression" if regression else "unroll"}
         if members is not None:
             record["pool_steps"] = [m.steps for m in members]  # where each unroll started
             for index, (params, opt_state) in zip(taken, result.final):
-                state.pool.advance(index, params, opt_state)
+                pool.advance(index, params, opt_state)
         if math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grads):
             state.failures_in_a_row = 0
             self._update(state, grads, record)
@@ -381,14 +423,15 @@ class Distiller:
             record["eval"] = state.last_eval
         return record
 
-    def _take_members(self, pool: ModelPool | None, iteration: int) -> tuple[list[Member] | None, list[int]]:
+    def _take_members(self, pool: ModelPool | None, iteration: int,
+                      new_member: Callable[[int, int], Any]) -> tuple[list[Member] | None, list[int]]:
         """The pool members the unrolls of ``iteration`` start from, and their indices
         (identical on every rank: re-initialisations are drawn from seeded streams)."""
         if pool is None:
             return None, []
         M = self.config.outer.meta_batch
         taken = [pool.index(iteration, j, M) for j in range(M)]
-        return [pool.take(i, self.new_member) for i in taken], taken
+        return [pool.take(i, new_member) for i in taken], taken
 
     def _update(self, state: RunState, grads, record: dict[str, Any]) -> None:
         """One outer optimiser step along ``grads`` (clipped, on the lr schedule)."""

@@ -122,9 +122,11 @@ def inner_network(inputs: StepInputs, g: torch.Generator):
     return inputs.space.wrap_forward(with_precision(forward, cfg.inner.precision, inputs.device)), init
 
 
-def _real_batch(inputs: StepInputs, cls_list, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``outer.real_per_class`` real images of each class of ``cls_list``, augmented."""
-    k = inputs.config.outer.real_per_class
+def _real_batch(inputs: StepInputs, cls_list, g: torch.Generator,
+                per_class: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` (default ``outer.real_per_class``) real images of each class of
+    ``cls_list``, augmented."""
+    k = inputs.config.outer.real_per_class if per_class is None else per_class
     index = inputs.class_index
     idx = torch.cat([index[c][torch.randint(len(index[c]), (k,), generator=g)] for c in cls_list])
     xr, yr = inputs.real.batch(idx, device=inputs.device)
