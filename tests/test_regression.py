@@ -16,6 +16,7 @@ from memdistill.distill.regression import feature_network, feature_regression_lo
 from memdistill.errors import ConfigError
 
 from test_distill import _tiny as distill_tiny
+from test_distill import small_train  # noqa: F401 - the same 2 000 MNIST images (a fixture)
 
 REG = {"outer.regression_steps": 4, "outer.regression_pool": 3, "outer.regression_max_steps": 2,
        "outer.regression_real_per_class": 3}
@@ -24,12 +25,6 @@ REG = {"outer.regression_steps": 4, "outer.regression_pool": 3, "outer.regressio
 def _tiny(**over) -> DistillConfig:
     """test_distill's tiny run: 4 feature-regression steps, then 2 unrolls."""
     return distill_tiny(**{"outer.iterations": 6, **REG, **over}).validate()
-
-
-@pytest.fixture(scope="module")
-def small_train(mnist_train):
-    g = torch.Generator().manual_seed(0)
-    return mnist_train.subset(torch.randperm(len(mnist_train), generator=g)[:2000])
 
 
 def test_the_dual_regression_equals_the_primal_ridge_in_float64():
@@ -51,15 +46,16 @@ def test_the_dual_regression_equals_the_primal_ridge_in_float64():
 
 def test_the_features_are_the_classifiers_input(small_train):
     d = Distiller(_tiny(), small_train)
-    logits, features, params = feature_network(d._inputs, torch.Generator().manual_seed(3))
+    forward, params = feature_network(d._inputs, torch.Generator().manual_seed(3))
     from memdistill.models import create_model
 
     model = create_model("convnet", 1, 10, (28, 28), generator=torch.Generator().manual_seed(3),
                          **d._inputs.arch_options)
     x = small_train.batch(torch.arange(5))[0]
     with torch.no_grad():
-        assert torch.allclose(features(params, x), model.features(x).flatten(1), atol=1e-6)
-        assert torch.allclose(logits(params, x), model(x), atol=1e-6)
+        logits, features = forward(params, x)
+        assert torch.allclose(features, model.features(x).flatten(1), atol=1e-6)
+        assert torch.allclose(logits, model(x), atol=1e-6)
 
 
 def test_a_regression_step_gives_the_gradient_of_its_loss_and_trains_the_member(small_train):

@@ -37,7 +37,7 @@ from ..models import supported_options
 from .checkpoint import append_metrics, load_checkpoint, read_metrics, reset_metrics, save_checkpoint
 from .pool import Member, ModelPool
 from .regression import feature_network, regression_step
-from .step import StepInputs, StepResult, check_class_split, inner_network, meta_step, outer_gradient
+from .step import StepInputs, StepResult, check_class_split, inner_model, inner_network, meta_step, outer_gradient
 from .streams import sample_generator, stream
 
 __all__ = ["Distiller", "DistillResult", "RunState"]
@@ -194,7 +194,7 @@ class Distiller:
             forward, _ = inner_network(self._inputs, torch.Generator().manual_seed(0))  # only its forward
             self._inputs = dataclasses.replace(self._inputs, pool_forward=forward)
         if config.outer.regression_steps:
-            self._regression_net = feature_network(self._inputs, torch.Generator().manual_seed(0))[:2]
+            self._regression_forward = feature_network(self._inputs, torch.Generator().manual_seed(0))[0]
         self._split = bool(config.outer.split_classes) and self.dist.distributed
         if self._split:
             check_class_split(config, self.train, self.label_space, self._inputs.arch_options, self.dist.world_size)
@@ -261,7 +261,7 @@ class Distiller:
         if member is None:
             raise ValueError("a feature-regression step needs a member of the regression pool")
         g = sample_generator(self.config.seed, iteration, sample)
-        return regression_step(self._inputs, memory, g, member, self._regression_net)
+        return regression_step(self._inputs, memory, g, member, self._regression_forward)
 
     def new_regression_pool(self) -> ModelPool | None:
         """An empty pool of feature-regression networks (``None`` without
@@ -270,15 +270,15 @@ class Distiller:
         return ModelPool(oc.regression_pool, 1, oc.regression_max_steps) if oc.regression_steps else None
 
     def new_regression_member(self, index: int, generation: int):
-        """The initial ``(params, opt_state)`` of regression-pool member ``index`` in
-        ``generation``, from the stream ``(seed, REGRESSION_STREAM, index, generation)``."""
-        init = feature_network(self._inputs, stream(self.config.seed, REGRESSION_STREAM, index, generation))[2]
-        return init, tuple(self._inputs.inner_optimizer.init(init))
+        """As :meth:`new_member`, for the regression pool: from the stream
+        ``(seed, REGRESSION_STREAM, index, generation)``."""
+        return self.new_member(index, generation, REGRESSION_STREAM)
 
-    def new_member(self, index: int, generation: int):
+    def new_member(self, index: int, generation: int, name: int = POOL_STREAM):
         """The initial ``(params, opt_state)`` of pool member ``index`` in ``generation``:
-        a fresh network drawn from its own stream ``(seed, POOL_STREAM, index, generation)``."""
-        _, init = inner_network(self._inputs, stream(self.config.seed, POOL_STREAM, index, generation))
+        a fresh network drawn from its own stream ``(seed, name, index, generation)``."""
+        init = tuple(p.detach() for p in inner_model(self._inputs, stream(self.config.seed, name, index,
+                                                                          generation)).parameters())
         return init, tuple(self._inputs.inner_optimizer.init(init))
 
     def evaluate_memory(self, memory: Memory, split: ImageDataset | None = None) -> dict[str, Any]:

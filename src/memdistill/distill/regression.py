@@ -32,12 +32,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..engine import inner_step
+from ..engine import inner_loss
 from ..errors import ConfigError
 from ..memory import Memory
-from ..models import create_model, functional_forward
+from ..models import functional_forward
 from .pool import Member
-from .step import StepInputs, StepResult, _coefficient_penalty, _real_batch
+from .step import StepInputs, StepResult, _coefficient_penalty, _real_batch, inner_model
 
 __all__ = ["feature_regression_loss", "feature_network", "regression_step"]
 
@@ -65,13 +65,12 @@ def feature_regression_loss(fs: torch.Tensor, ys: torch.Tensor, ft: torch.Tensor
     return err.mean() if weight is None else (weight * err).sum() / weight.sum()
 
 
-def feature_network(inputs: StepInputs, g: torch.Generator) -> tuple[Callable, Callable, Tensors]:
-    """A freshly initialised inner network: its pure ``logits(params, x)``, its pure
-    ``features(params, x)`` (the input of its last linear layer, flattened) and its
-    initial parameters."""
-    cfg, train = inputs.config, inputs.train
-    model = create_model(cfg.inner.arch, train.in_channels, train.num_classes, train.image_shape[1:], generator=g,
-                         device=inputs.device, **inputs.arch_options)
+def feature_network(inputs: StepInputs, g: torch.Generator) -> tuple[Callable, Tensors]:
+    """A freshly initialised inner network (:func:`.step.inner_model`): its pure
+    ``forward(params, x) -> (logits, features)``, the features being the input of its
+    last linear layer, flattened, and its initial parameters."""
+    cfg = inputs.config
+    model = inner_model(inputs, g)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ConfigError(f"outer.regression_steps needs an inner network with a linear classifier; "
@@ -80,48 +79,43 @@ def feature_network(inputs: StepInputs, g: torch.Generator) -> tuple[Callable, C
     captured: list[torch.Tensor] = []
     linears[-1].register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
 
-    def logits(params, x):
-        out = functional_forward(model, dict(zip(names, params)), x)
+    def forward(params, x):
         captured.clear()
-        return out
+        logits = functional_forward(model, dict(zip(names, params)), x)
+        return logits, captured.pop().flatten(1)
 
-    def features(params, x):
-        captured.clear()
-        functional_forward(model, dict(zip(names, params)), x)
-        return captured.pop().flatten(1)
-
-    return logits, features, tuple(p.detach() for p in model.parameters())
+    return forward, tuple(p.detach() for p in model.parameters())
 
 
 def regression_step(inputs: StepInputs, memory: Memory, g: torch.Generator, member: Member,
-                    network: tuple[Callable, Callable]) -> StepResult:
+                    forward: Callable) -> StepResult:
     """Feature-regression loss and its gradient with respect to ``memory`` on pool
-    ``member`` (the network is ``network = (logits, features)``), and the member after
-    one inner training step on the memory (the result's ``final``). The real batch
-    (``outer.regression_real_per_class`` per class) is drawn from ``g``."""
+    ``member`` (its network's ``forward``: :func:`feature_network`'s), and the member
+    after one inner training step on the memory (the result's ``final``). The real batch
+    (``outer.regression_real_per_class`` per class) is drawn from ``g``. One forward pass
+    over the recalled examples serves both: the regression's features and the member's
+    training logits."""
     oc = inputs.config.outer
-    logits, features = network
     L, r = inputs.train.num_classes, memory.slots
     classes = torch.arange(L, device=inputs.device).repeat_interleave(r)
     slots = torch.arange(r, device=inputs.device).repeat(L)
     params = memory.parameters()
     xs, _ = memory.recall_from(memory.tensors, classes, slots)
     xr, yr = _real_batch(inputs, range(L), g, per_class=oc.regression_real_per_class)
-    fixed = tuple(p.detach() for p in member.params)
-    fs = features(fixed, xs)
+    train_params = tuple(p.detach().requires_grad_() for p in member.params)
+    out, fs = forward(train_params, xs)
     with torch.no_grad():
-        ft = features(fixed, xr)
+        ft = forward(train_params, xr)[1]
     centre = 1.0 / L
     ys = F.one_hot(classes, L).to(fs.dtype) - centre
     yt = F.one_hot(yr, L).to(fs.dtype) - centre
     weight = None if inputs.class_weight is None else inputs.class_weight.to(fs)[yr]  # as the unrolls weigh them
     loss = feature_regression_loss(fs, ys, ft, yt, oc.regression_reg, weight)
-    grads = list(torch.autograd.grad(loss, params, allow_unused=True))
+    grads = list(torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True))
     grads = [torch.zeros_like(p) if gr is None else gr for p, gr in zip(params, grads)]
     _coefficient_penalty(inputs, memory, grads, split=False)
-    with torch.enable_grad():
-        train_params = tuple(p.detach().requires_grad_() for p in member.params)
-        new_params, new_state, inner = inner_step(train_params, member.state, (xs.detach(), classes), logits,
-                                                  inputs.inner_optimizer, create_graph=False)
+    inner = inner_loss(out, classes)  # the member's training step, on the same forward pass
+    new_params, new_state = inputs.inner_optimizer.update(torch.autograd.grad(inner, train_params), member.state,
+                                                           train_params)
     final = (tuple(p.detach() for p in new_params), tuple(s.detach() for s in new_state))
-    return StepResult(float(loss.detach()), tuple(grads), [float(inner)], [final])
+    return StepResult(float(loss.detach()), tuple(grads), [float(inner.detach())], [final])

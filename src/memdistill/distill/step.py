@@ -26,7 +26,7 @@ from ..memory import Memory
 from ..models import create_model, functional_forward
 from .pool import Member
 
-__all__ = ["StepInputs", "StepResult", "inner_network", "meta_step", "outer_gradient", "class_share",
+__all__ = ["StepInputs", "StepResult", "inner_model", "inner_network", "meta_step", "outer_gradient", "class_share",
            "check_class_split", "checkpoint_schedule"]
 
 Tensors = tuple[torch.Tensor, ...]
@@ -104,12 +104,18 @@ def _weighted(loss_fn: Callable[..., torch.Tensor], weight: float) -> Callable[.
     return lambda *args: loss_fn(*args) * weight
 
 
+def inner_model(inputs: StepInputs, g: torch.Generator) -> torch.nn.Module:
+    """A freshly initialised inner network (one output per row of the label space)."""
+    cfg, train = inputs.config, inputs.train
+    return create_model(cfg.inner.arch, train.in_channels, inputs.space.width, train.image_shape[1:], generator=g,
+                        device=inputs.device, **inputs.arch_options)
+
+
 def inner_network(inputs: StepInputs, g: torch.Generator):
     """A freshly initialised inner network: its pure ``forward(params, x)`` (through
     the label space) and its initial parameters."""
-    cfg, train = inputs.config, inputs.train
-    model = create_model(cfg.inner.arch, train.in_channels, inputs.space.width, train.image_shape[1:], generator=g,
-                         device=inputs.device, **inputs.arch_options)
+    cfg = inputs.config
+    model = inner_model(inputs, g)
     names = [n for n, _ in model.named_parameters()]
     init = tuple(p.detach() for p in model.parameters())
     channels_last = cfg.channels_last
