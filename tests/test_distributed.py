@@ -64,6 +64,10 @@ def one_thread():
 
 
 POOL = {"outer.meta_batch": 3, "outer.pool_size": 4, "outer.pool_unroll": 2, "outer.pool_max_steps": 6}
+# two feature-regression steps (three regressions each, from a pool of four networks) and then
+# two unrolls (:mod:`memdistill.distill.regression`)
+REGRESSION = {"outer.meta_batch": 3, "outer.regression_steps": 2, "outer.regression_pool": 4,
+              "outer.regression_max_steps": 3, "outer.regression_real_per_class": 4}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +83,7 @@ def two_ranks(tmp_path_factory):
          "checkpoint": str(tmp / "run.ckpt"), "metrics": str(tmp / "run.jsonl"), "resume": True},
         {"name": "evaluate", "kind": "evaluate", "runs": 3},
         {"name": "pool", "kind": "distill", "config": POOL},
+        {"name": "regression", "kind": "distill", "config": REGRESSION},
         # last: these switch the processes to float64
         {"name": "grad2", "kind": "gradient", "config": {"outer.meta_batch": 2}, "iteration": 1},
         {"name": "grad3", "kind": "gradient", "config": {"outer.meta_batch": 3}, "iteration": 1},
@@ -226,6 +231,18 @@ def test_two_ranks_distill_with_a_model_pool_as_one_process(two_ranks, one_threa
     for k, v in ref.memory.tensors.items():
         assert torch.equal(got["memory"][k], v), k
     assert [r["pool_steps"] for r in ref.history][-1] != [0, 0, 0]  # members really advanced
+
+
+def test_two_ranks_distill_with_feature_regression_steps_as_one_process(two_ranks, one_thread):
+    """The regressions of an outer step spread over two ranks (0 and 2 on rank 0, 1 on
+    rank 1), the regression networks each rank trained sent to the other, then the unrolls."""
+    got = torch.load(two_ranks / "regression.pt")
+    ref = Distiller(tiny_config(**REGRESSION), tiny_dataset()).run()
+    assert [r["objective"] for r in ref.history] == ["regression", "regression", "unroll", "unroll"]
+    assert got["iterations"] == ref.iterations == 4 and got["losses"] == [r["loss"] for r in ref.history]
+    for k, v in ref.memory.tensors.items():
+        assert torch.equal(got["memory"][k], v), k
+    assert ref.history[1]["pool_steps"] != [0, 0, 0]  # the second step's networks had trained in the first
 
 
 def test_a_two_rank_run_resumes_exactly_with_two_ranks_or_one(two_ranks, one_thread, tmp_path):
