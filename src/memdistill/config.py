@@ -452,6 +452,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 # to 125 on Fashion-MNIST's validation split the memory was flat after 50 (83.01 / 82.72 /
 # 83.14 / 81.88% at 50 / 75 / 100 / 125, two-run spread up to 1.77; docs/RESULTS.md, "More
 # outer steps: budget 10"), so budget 1's 120 are not carried over.
+# No feature-regression phase at budget 10 either: 300 regression steps first left
+# Fashion-MNIST at 83.00% after 900 s against 84.30% for these unrolls, and MNIST *below* its
+# start (96.08 against 96.60%; validation split, width 128, one run each; docs/RESULTS.md,
+# "Feature regression first, budget 10").
 BUDGET10_SETTINGS: dict[str, dict[str, Any]] = {
     "cpu-quick": {"memory.num_bases": 64, "inner.steps": 300, "outer.window": 20, "outer.random_truncation": True,
                   "outer.lr": 0.003, "outer.iterations": 20, "outer.pool_size": 0},
