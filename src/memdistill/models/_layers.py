@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ConfigError
+from ._instance_norm import InstanceNorm2d
 
 NORMS = ("instance", "batch", "layer", "group", "none")
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "sigmoid", "tanh", "elu")
@@ -28,7 +29,8 @@ def norm_layer(norm: str, channels: int, num_groups: int = 4) -> nn.Module:
     """A normalisation layer over ``channels`` feature maps of shape (N, C, H, W).
 
     - ``instance``: ``GroupNorm(C, C)``, per-sample per-channel statistics with a learned
-      per-channel affine (as in the DC/DSA ConvNet);
+      per-channel affine (as in the DC/DSA ConvNet), as :class:`InstanceNorm2d` (same
+      parameters and values, a hand-derived double backward for the meta-gradient);
     - ``batch``: ``BatchNorm2d(C, track_running_stats=False)``; it always normalises with
       the statistics of the current batch, in training and evaluation mode alike, and has
       no buffers, so ``torch.func.functional_call`` sees no hidden state. It needs more
@@ -38,7 +40,7 @@ def norm_layer(norm: str, channels: int, num_groups: int = 4) -> nn.Module:
     - ``none``: identity.
     """
     if norm == "instance":
-        return nn.GroupNorm(channels, channels, affine=True)
+        return InstanceNorm2d(channels)
     if norm == "batch":
         return nn.BatchNorm2d(channels, affine=True, track_running_stats=False)
     if norm == "layer":
