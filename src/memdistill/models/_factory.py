@@ -276,7 +276,8 @@ def functional_forward(model: nn.Module, params: dict[str, Tensor], x: Tensor) -
 
     ``params`` maps every parameter name of ``model`` (as in ``named_parameters()``) to a
     tensor of the same shape; a missing or extra name raises. Gradients flow to
-    ``params`` and ``x`` to any order (``create_graph=True`` works), and ``model`` itself
+    ``params`` and ``x`` to second order (``create_graph=True`` works; the ``instance``
+    norm refuses a third derivative, see ``_instance_norm.py``), and ``model`` itself
     is neither used for its values nor changed. x: (N, C, H, W) -> logits (N, classes).
     """
     return torch.func.functional_call(model, params, (x,), strict=True)
