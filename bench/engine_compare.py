@@ -66,10 +66,21 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
-def run_cell(src: Path, steps: int, args, sets: dict) -> dict:
+def parse_env(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"an environment variable must be NAME=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def run_cell(src: Path, steps: int, args, sets: dict, extra_env: dict[str, str]) -> dict:
     cmd = [sys.executable, str(HERE / "meta_gradient.py"), "--cell", f"checkpointed:{steps}:1", "--width",
            str(args.width), "--iterations", str(args.iterations), "--cell-sets", json.dumps(sets)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {**os.environ, **extra_env,
+           "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"cell T={steps} with {src} failed:\n{proc.stderr.strip()[-2000:]}")
@@ -94,6 +105,10 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=1, help="outer steps per process (the fastest counts)")
     p.add_argument("--candidate-set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--baseline-set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--candidate-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable of the candidate's worker processes only (e.g. a glibc "
+                        "MALLOC_* tunable)")
+    p.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--tag", default="", help="a separate JSON and doc block (engine_compare_TAG)")
     p.add_argument("--out", default=None)
     p.add_argument("--doc", default=None)
@@ -102,6 +117,7 @@ def main(argv=None) -> int:
     from meta_gradient import conv_rate, flops_per_iteration
 
     sets = {"baseline": parse_sets(args.baseline_set), "candidate": parse_sets(args.candidate_set)}
+    envs = {"baseline": parse_env(args.baseline_env), "candidate": parse_env(args.candidate_env)}
     dirty = bool(git("status", "--porcelain", "--", "src"))
     with tempfile.TemporaryDirectory(prefix="memdistill-baseline-") as tmp:
         commit = export_src(args.baseline, Path(tmp))
@@ -111,7 +127,7 @@ def main(argv=None) -> int:
             cells: dict[str, list[dict]] = {"baseline": [], "candidate": []}
             for r in range(args.rounds):
                 for name in (("baseline", "candidate") if r % 2 == 0 else ("candidate", "baseline")):
-                    cells[name].append(run_cell(srcs[name], T, args, sets[name]))
+                    cells[name].append(run_cell(srcs[name], T, args, sets[name], envs[name]))
             row = {"steps": T, **summary(cells["baseline"], "baseline"), **summary(cells["candidate"], "candidate")}
             row["speedup"] = row["baseline_median_seconds"] / row["candidate_median_seconds"]
             rows.append(row)
@@ -122,7 +138,7 @@ def main(argv=None) -> int:
     command = "python bench/engine_compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
     res = {"date": today(), "machine": machine(), "command": command, "baseline_commit": commit,
            "candidate_commit": git("rev-parse", "HEAD"), "candidate_src_uncommitted_changes": dirty,
-           "sets": sets, "conv_gflops": rate, "gflop_per_inner_step": per_step / 1e9, "rows": rows}
+           "sets": sets, "env": envs, "conv_gflops": rate, "gflop_per_inner_step": per_step / 1e9, "rows": rows}
     suffix = f"_{args.tag}" if args.tag else ""
     out = Path(args.out) if args.out else DOCS / "bench" / f"engine_compare{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +151,8 @@ def main(argv=None) -> int:
         table.append(f"| {r['steps']} | {r['baseline_median_seconds']:.2f} | {r['candidate_median_seconds']:.2f} | "
                      f"{r['speedup']:.2f}x | {r['baseline_peak_rss_gb']:.2f} / {r['candidate_peak_rss_gb']:.2f} | "
                      f"{frac[0]:.0%} / {frac[1]:.0%} |")
-    desc = lambda name: ", ".join(f"{k}={v}" for k, v in sets[name].items()) or "default settings"  # noqa: E731
+    desc = lambda name: ", ".join([f"{k}={v}" for k, v in sets[name].items()]  # noqa: E731
+                                  + [f"environment {k}={v}" for k, v in envs[name].items()]) or "default settings"
     body = "\n".join([
         f"Command: `{command}`  ", f"Machine: {res['machine']}  ",
         f"Date: {res['date']}. Baseline: commit `{commit[:10]}`, {desc('baseline')}. Candidate: the working tree "

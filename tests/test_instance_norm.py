@@ -121,9 +121,30 @@ def test_a_third_derivative_is_refused_clearly():
 def test_other_inputs_fall_back_to_group_norm():
     x, w, b = _inputs((2, 3, 5), dtype=torch.float32)  # 3-d: not (N, C, H, W)
     assert torch.equal(instance_norm(x, w, b), _reference(x, w, b))
-    x4, w4, b4 = _inputs((2, 3, 4, 4), dtype=torch.float32)
-    half = x4.detach().bfloat16()  # the dtype autocast gives a convolution's output
-    assert torch.equal(instance_norm(half, w4, b4), _reference(half, w4, b4))
+    x4, _, _ = _inputs((2, 3, 4, 4), dtype=torch.float32)
+    assert torch.equal(instance_norm(x4, None, None), F.group_norm(x4, 3))  # no affine parameters
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_inputs_are_normalised_in_float32(dtype):
+    # what autocast gives: a bfloat16 (or float16) convolution output, float32 parameters.
+    # F.group_norm computes that mix in float32 too: equal values, and first and second
+    # derivatives equal to those of group_norm up to the inputs' rounding.
+    x, w, b = _inputs((3, 4, 6, 6), dtype=torch.float32)
+    low = x.detach().to(dtype).requires_grad_()
+    y = instance_norm(low, w, b)
+    assert y.dtype == dtype
+    assert torch.equal(y, _reference(low, w, b))
+    gen = torch.Generator().manual_seed(3)
+    u = torch.randn(x.shape, generator=gen)
+    results = []
+    for f in (instance_norm, _reference):
+        out = f(low, w, b).float()
+        gx, gw = torch.autograd.grad((out ** 2 * u).sum(), (low, w), create_graph=True)
+        hx, hw = torch.autograd.grad((gx.float() ** 2).sum() + (gw * u[0, :, 0, 0]).sum(), (low, w))
+        results.append([t.float() for t in (gx, gw, hx, hw)])
+    for ours, ref in zip(*results):
+        assert float((ours - ref).norm() / ref.norm()) < 2e-2
 
 
 def test_the_layer_is_a_group_norm_with_the_same_parameters():

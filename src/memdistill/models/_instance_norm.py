@@ -28,6 +28,10 @@ affine combinations of ``x``, ``g`` and ``u`` with per-instance coefficients (se
 The float64 tests check it against autograd through ``group_norm`` (values, gradients,
 second derivatives, and whole meta-gradients).
 
+Under autocast (``inner.precision = "bfloat16"``) a convolution's bfloat16 output meets
+float32 affine parameters: it is normalised in float32 by the same functions and cast back,
+as ``group_norm`` itself computes that mix.
+
 Third derivatives are refused with a clear error (:class:`_NoThirdOrder`): nothing in this
 library takes them.
 """
@@ -138,11 +142,21 @@ def _second_order(g: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tens
 
 def instance_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
     """``F.group_norm(x, C, weight, bias, eps)`` for ``x`` of shape (N, C, H, W): the same
-    values, with the double backward of this module. Other shapes, dtypes that differ
-    from the affine parameters' (autocast) and affine-free calls take ``F.group_norm``."""
-    if x.ndim != 4 or weight is None or bias is None or x.dtype != weight.dtype or x.dtype != bias.dtype:
+    values, with the double backward of this module.
+
+    A reduced-precision ``x`` (bfloat16 or float16, what autocast makes of a convolution's
+    output) with float32 affine parameters is normalised in float32 and the result cast
+    back to ``x``'s dtype: ``F.group_norm`` also computes such mixed inputs in float32,
+    and its double backward would otherwise run as dozens of reduced-precision
+    elementwise operations. Other shapes, other dtype mixes and affine-free calls take
+    ``F.group_norm``."""
+    if x.ndim != 4 or weight is None or bias is None or weight.dtype != bias.dtype:
         return F.group_norm(x, x.shape[1], weight, bias, eps)
-    return _InstanceNorm.apply(x.contiguous(), weight, bias, eps)
+    if x.dtype == weight.dtype:
+        return _InstanceNorm.apply(x.contiguous(), weight, bias, eps)
+    if x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == torch.float32:
+        return _InstanceNorm.apply(x.float().contiguous(), weight, bias, eps).to(x.dtype)
+    return F.group_norm(x, x.shape[1], weight, bias, eps)
 
 
 class InstanceNorm2d(nn.GroupNorm):
