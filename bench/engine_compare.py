@@ -13,6 +13,9 @@ add settings to one side only, e.g. the opt-in bfloat16 inner network:
     python bench/engine_compare.py --steps 10,30,150 --width 128 --rounds 2 \\
         --candidate-set inner.precision=bfloat16
 
+``--candidate-env``/``--baseline-env NAME=VALUE`` set an environment variable in one side's
+worker processes only (for example a glibc ``MALLOC_*`` tunable).
+
 The baseline's ``src/`` is exported with ``git archive`` into a temporary folder and put
 first on ``PYTHONPATH``; each worker reports which ``memdistill`` it imported, and the
 run stops if it is not the intended one. Writes docs/bench/engine_compare[_TAG].json and the
