@@ -70,6 +70,10 @@ def one_cell(mode: str, steps: int, budget: float, width: int, iterations: int, 
     from memdistill.distill import Distiller
 
     cfg = reference_config(mode, steps, budget, width, schedule, arch, n_per_class, real_per_class, device, sets)
+    if getattr(cfg, "keep_freed_memory", False):  # this worker is its own process, as the CLI's is
+        from memdistill._allocator import keep_freed_memory
+
+        keep_freed_memory()
     d = Distiller(cfg, load_dataset("mnist", "train"))
     mem = d.new_memory()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -102,6 +102,7 @@ def _refuse_bad_resume(dist, checkpoint: Path, cfg) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    from .._allocator import keep_freed_memory
     from ..config import config_to_dict
     from ..distill import Distiller
     from ..memory.file import save_memory
@@ -116,6 +117,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     base = out.with_suffix("")
     checkpoint, metrics = Path(f"{base}.ckpt"), Path(f"{base}.metrics.jsonl")
     dist, device = join(args, cfg.device)
+    if cfg.keep_freed_memory:  # this process is ours: its allocator too
+        keep_freed_memory()
     if cfg.tf32 and device.type == "cuda":  # this process is ours: set the backend flags here
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
