@@ -389,7 +389,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the pool 92.05% (bench/curves.py --preset cpu; docs/RESULTS.md, "Time to quality").
     # 128 real images per class in the outer loss, not 32: ahead at all 3 slices of 600 s on
     # both datasets' validation split (at 600 s MNIST 93.55% vs 93.24%, Fashion-MNIST 78.52%
-    # vs 76.77%; docs/RESULTS.md, "Time to quality: more real images in the outer loss").
+    # vs 76.77%; docs/RESULTS.md, "Time to quality: more real images in the outer loss");
+    # 256 was level on Fashion-MNIST at 900 s (80.60 against 80.80%; "256 real images").
     # 120 outer steps, not 75: on the validation split the memory still rose after 75 (at
     # 75 / 125 / 150 steps, Fashion-MNIST 79.75 / 81.41 / 81.93%, MNIST 94.50 / 94.80 /
     # 95.08%), and two threads run an outer step 1.46x faster than one (docs/SCALING.md),
