@@ -166,10 +166,11 @@ class DistillConfig:
     data_on_device: str = "auto"  # auto | always | never: real uint8 images kept on the device
     tf32: bool = False  # TF32 matmuls/convolutions on CUDA (unmeasured; see docs/SCALING.md)
     channels_last: bool = False  # channels-last inner-network inputs (CPU: docs/BENCHMARKS.md; CUDA: unmeasured)
-    # the command line's process keeps the memory it frees (glibc mallopt: no mmap, no trim),
-    # so an unroll's large blocks are reused without page faults; the library never changes
-    # its host process's allocator itself (memdistill/_allocator.py; docs/BENCHMARKS.md)
-    keep_freed_memory: bool = True
+    # opt-in: the command line's process keeps the memory it frees (glibc mallopt: no mmap, no
+    # trim), so an unroll's large blocks are reused without page faults: 1.06-1.18x faster
+    # outer steps, but up to 1.6x the peak resident memory (docs/BENCHMARKS.md, "Keeping
+    # freed memory"); the library never changes its host process's allocator itself
+    keep_freed_memory: bool = False
     zca: float = 0.0  # ZCA whitening regularisation (0: off; 0.1 on CIFAR in the reference)
     checkpoint_every: int = 50
     memory: MemoryConfig = field(default_factory=MemoryConfig)
