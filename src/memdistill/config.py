@@ -167,7 +167,7 @@ class DistillConfig:
     tf32: bool = False  # TF32 matmuls/convolutions on CUDA (unmeasured; see docs/SCALING.md)
     channels_last: bool = False  # channels-last inner-network inputs (CPU: docs/BENCHMARKS.md; CUDA: unmeasured)
     # opt-in: the command line's process keeps the memory it frees (glibc mallopt: no mmap, no
-    # trim), so an unroll's large blocks are reused without page faults: 1.06-1.18x faster
+    # trim), so an unroll's large blocks are reused without page faults: 1.06-1.25x faster
     # outer steps, but up to 1.6x the peak resident memory (docs/BENCHMARKS.md, "Keeping
     # freed memory"); the library never changes its host process's allocator itself
     keep_freed_memory: bool = False
