@@ -69,10 +69,10 @@ def test_the_library_leaves_its_host_process_alone(mnist_train, monkeypatch):
     from memdistill.distill import Distiller
 
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: pytest.fail("the library changed the allocator"))
-    cfg = resolve("cpu-quick", "mnist", 1, sets=[("keep_freed_memory", True), ("inner.width", 4), ("inner.steps", 1), ("outer.real_per_class", 2),
-                                                 ("outer.pool_size", 0), ("outer.iterations", 1),
-                                                 ("evaluation.every", 0), ("evaluation.at_start", False),
-                                                 ("evaluation.epochs", 1), ("evaluation.width", 4)])
+    sets = [("keep_freed_memory", True), ("inner.width", 4), ("inner.steps", 1), ("outer.real_per_class", 2),
+            ("outer.pool_size", 0), ("outer.iterations", 1), ("evaluation.every", 0),
+            ("evaluation.at_start", False), ("evaluation.epochs", 1), ("evaluation.width", 4)]
+    cfg = resolve("cpu-quick", "mnist", 1, sets=sets)
     assert cfg.keep_freed_memory
     small = mnist_train.subset(torch.arange(500))
     assert Distiller(cfg, small).run().iterations == 1
