@@ -56,12 +56,19 @@ def export_src(ref: str, dest: Path) -> str:
     return commit
 
 
-def parse_sets(items: list[str]) -> dict:
-    out = {}
+def _pairs(items: list[str], what: str) -> list[tuple[str, str]]:
+    pairs = []
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"a setting must be KEY=VALUE, got {item!r}")
+        if not sep or not key:
+            raise SystemExit(f"{what} must be NAME=VALUE, got {item!r}")
+        pairs.append((key, value))
+    return pairs
+
+
+def parse_sets(items: list[str]) -> dict:
+    out = {}
+    for key, value in _pairs(items, "a setting"):
         try:
             out[key] = json.loads(value)  # numbers, true/false, lists
         except json.JSONDecodeError:
@@ -70,13 +77,7 @@ def parse_sets(items: list[str]) -> dict:
 
 
 def parse_env(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"an environment variable must be NAME=VALUE, got {item!r}")
-        out[key] = value
-    return out
+    return dict(_pairs(items, "an environment variable"))
 
 
 def run_cell(src: Path, steps: int, args, sets: dict, extra_env: dict[str, str]) -> dict:

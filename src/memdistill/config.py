@@ -168,7 +168,7 @@ class DistillConfig:
     channels_last: bool = False  # channels-last inner-network inputs (CPU: docs/BENCHMARKS.md; CUDA: unmeasured)
     # opt-in: the command line's process keeps the memory it frees (glibc mallopt: no mmap, no
     # trim), so an unroll's large blocks are reused without page faults: 1.06-1.25x faster
-    # outer steps, but up to 1.6x the peak resident memory (docs/BENCHMARKS.md, "Keeping
+    # outer steps, but up to 1.4x the peak resident memory (docs/BENCHMARKS.md, "Keeping
     # freed memory"); the library never changes its host process's allocator itself
     keep_freed_memory: bool = False
     zca: float = 0.0  # ZCA whitening regularisation (0: off; 0.1 on CIFAR in the reference)
