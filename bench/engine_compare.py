@@ -56,19 +56,19 @@ def export_src(ref: str, dest: Path) -> str:
     return commit
 
 
-def _pairs(items: list[str], what: str) -> list[tuple[str, str]]:
+def _pairs(items: list[str], what: str, form: str) -> list[tuple[str, str]]:
     pairs = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"{what} must be NAME=VALUE, got {item!r}")
+            raise SystemExit(f"{what} must be {form}, got {item!r}")
         pairs.append((key, value))
     return pairs
 
 
 def parse_sets(items: list[str]) -> dict:
     out = {}
-    for key, value in _pairs(items, "a setting"):
+    for key, value in _pairs(items, "a setting", "KEY=VALUE"):
         try:
             out[key] = json.loads(value)  # numbers, true/false, lists
         except json.JSONDecodeError:
@@ -77,7 +77,7 @@ def parse_sets(items: list[str]) -> dict:
 
 
 def parse_env(items: list[str]) -> dict[str, str]:
-    return dict(_pairs(items, "an environment variable"))
+    return dict(_pairs(items, "an environment variable", "NAME=VALUE"))
 
 
 def run_cell(src: Path, steps: int, args, sets: dict, extra_env: dict[str, str]) -> dict:
