@@ -297,3 +297,36 @@ def test_bad_options_fail_at_construction(name, options):
 def test_compose_unknown_member_lists_valid_names():
     with pytest.raises(UnknownNameError, match="cutout"):
         create_augmentation("compose", names=("crop", "mixup"))
+
+
+def test_a_plus_chain_is_compose_of_its_members_in_order():
+    chained = create_augmentation("Crop+scale+rotate")
+    composed = create_augmentation("compose", names=("crop", "scale", "rotate"))
+    x = torch.randn(3, 1, 10, 10, dtype=torch.float64)
+    params = chained.sample(x.shape, torch.Generator().manual_seed(1))
+    assert params.keys() == composed.sample(x.shape, torch.Generator().manual_seed(1)).keys()
+    assert torch.equal(chained.apply(x, params), composed.apply(x, params))
+    assert not torch.equal(chained.apply(x, params), x)
+
+
+@pytest.mark.parametrize("name, error, match", [
+    ("crop+", ConfigError, "empty name"),
+    ("crop+mixup", UnknownNameError, "mixup"),
+    ("crop+crop", ConfigError, "once"),
+])
+def test_bad_plus_chains_name_the_problem(name, error, match):
+    with pytest.raises(error, match=match):
+        create_augmentation(name)
+    with pytest.raises(ConfigError, match="takes no options"):
+        create_augmentation("crop+scale", ratio=1.1)
+
+
+def test_a_configuration_accepts_a_plus_chain_and_rejects_a_bad_one():
+    from memdistill.config import DistillConfig
+
+    cfg = DistillConfig()
+    cfg.evaluation.augment = "crop+rotate"
+    cfg.validate()
+    cfg.evaluation.augment = "crop+warp"
+    with pytest.raises(UnknownNameError, match="warp"):
+        cfg.validate()

@@ -61,7 +61,20 @@ AUGMENTATIONS: Registry[type] = Registry("augmentation")
 
 
 def create_augmentation(name: str, **options) -> Augmentation:
-    """Build a registered augmentation by name; unknown names list the valid ones."""
+    """Build a registered augmentation by name; unknown names list the valid ones.
+
+    Registered names joined by ``+`` (``"crop+scale+rotate"``) chain those augmentations
+    in that order, each with its default options: a :class:`Compose` that can be named in a
+    configuration or on the command line (for other options build :class:`Compose`)."""
+    if "+" in str(name):
+        members = tuple(part.strip().lower() for part in str(name).split("+"))
+        if options:
+            raise ConfigError(f"augmentation {name!r}: a '+' chain takes no options (got {sorted(options)}); "
+                              "build Compose(names=..., options=...) for members with options")
+        if not all(members):
+            raise ConfigError(f"augmentation {name!r}: an empty name in the '+' chain; write registered names "
+                              f"joined by '+', e.g. 'crop+scale+rotate' (valid: {', '.join(list_augmentations())})")
+        return Compose(names=members)
     cls = AUGMENTATIONS.get(name)
     try:
         return cls(**options)

@@ -179,7 +179,7 @@ class DistillConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "DistillConfig":
-        from .augment import AUGMENTATIONS
+        from .augment import create_augmentation
         from .engine import INNER_OPTIMIZERS, INNER_PRECISIONS, UNROLL_MODES
         from .labels import LABEL_SPACES
         from .memory import MEMORIES
@@ -190,8 +190,8 @@ class DistillConfig:
         MODELS.get(self.inner.arch)
         MODELS.get(self.evaluation.arch)
         INNER_OPTIMIZERS.get(self.inner.optimizer)
-        AUGMENTATIONS.get(self.inner.augment)
-        AUGMENTATIONS.get(self.evaluation.augment)
+        create_augmentation(self.inner.augment)  # a registered name or a '+' chain of them
+        create_augmentation(self.evaluation.augment)
         checks = [
             (self.memory.budget_ipc > 0, "memory.budget_ipc must be > 0"),
             (math.isfinite(self.memory.label_temperature) and self.memory.label_temperature > 0,

@@ -1,0 +1,97 @@
+"""Which augmentation the evaluator should train with, per dataset, chosen on the
+validation split (docs/RESULTS.md, "The evaluator's augmentation").
+
+A memory distilled by the CLI (``memdistill distill ... --out FILE``) holds out the
+validation split its configuration records. For each augmentation named, this script
+retrains networks on the memory, on its own starting point (rebuilt from the recorded
+seed and configuration) and on herded real images at equal storage, and scores them all
+on that validation split: the three under the same evaluator, so each augmentation is
+judged by what it does to the memory *against* its references, never on the test set.
+
+    memdistill distill --preset cpu --dataset mnist --budget-ipc 1 --iterations 120 \\
+        --set evaluation.every=0 --set evaluation.at_start=false --out mnist.safetensors
+    python bench/eval_augment.py mnist.safetensors --augments none,rotate,scale,crop \\
+        --runs 2 --out docs/bench/eval_augment/mnist_b1.json
+
+The evaluator is the memory's recorded one (the preset's: for ``cpu`` width 32, 200
+epochs) unless ``--width`` / ``--epochs`` say otherwise. An augmentation is any
+registered name or a ``+`` chain of them (``crop+scale+rotate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from memdistill._io import atomic_write_json
+from memdistill._machine import machine_info
+from memdistill.augment import create_augmentation
+from memdistill.config import from_record
+from memdistill.data import load_dataset
+from memdistill.distill import Distiller, starting_point
+from memdistill.evaluate import TrainingSet, evaluate
+from memdistill.evaluate.selection import select_subset
+from memdistill.memory.file import load_memory
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", help="a memory file written by `memdistill distill`")
+    p.add_argument("--augments", required=True, help="comma-separated, e.g. none,rotate,crop+scale")
+    p.add_argument("--runs", type=int, default=2, help="networks per (set, augmentation)")
+    p.add_argument("--width", type=int, help="evaluation width (default: the file's)")
+    p.add_argument("--epochs", type=int, help="evaluation epochs (default: the file's)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-herding", action="store_true")
+    p.add_argument("--root", default=None)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    augments = [a.strip() for a in args.augments.split(",") if a.strip()]
+    for a in augments:
+        create_augmentation(a)  # fail now on a bad name, not after an hour
+    mf = load_memory(args.file)
+    if not mf.meta.get("config"):
+        raise SystemExit(f"{args.file} records no configuration: cannot rebuild its validation split")
+    cfg = from_record(mf.meta["config"])
+    train = load_dataset(cfg.dataset, "train", root=args.root)
+    d = Distiller(cfg, train)  # only for its split: d.train excludes d.val, as in the distillation
+    sets = {"memory": TrainingSet(*d.label_space.class_examples(mf.memory)),
+            "start": TrainingSet(*starting_point(cfg, train))}
+    if not args.no_herding:
+        ipc = max(1, int(cfg.memory.budget_ipc))
+        idx = select_subset(d.train, ipc, "herding")
+        sets["herding"] = TrainingSet(d.train.subset(idx))
+    ec = cfg.evaluation
+    ec = replace(ec, width=args.width or ec.width, epochs=args.epochs or ec.epochs, runs=args.runs)
+    rows = []
+    for a in augments:
+        row = {"augment": a}
+        for name, data in sets.items():
+            t = time.perf_counter()
+            res = evaluate(data, d.val, replace(ec, augment=a), runs=args.runs, seed=cfg.seed)
+            row[name] = {"mean": res.mean, "std": res.std, "accs": res.accuracies, "seconds": time.perf_counter() - t}
+        print(json.dumps({k: (v if k == "augment" else round(100 * v["mean"], 2)) for k, v in row.items()}),
+              flush=True)
+        rows.append(row)
+    out = {"file": str(args.file), "dataset": cfg.dataset, "budget_ipc": cfg.memory.budget_ipc,
+           "split": d.val.split,
+           "evaluator": {"arch": ec.arch, "width": ec.width, "epochs": ec.epochs, "runs": args.runs,
+                         "lr": ec.lr, "batch_size": ec.batch_size},
+           "command": "python bench/eval_augment.py " + " ".join(sys.argv[1:] if argv is None else argv),
+           "machine": {**machine_info(), "torch_threads": torch.get_num_threads()},
+           "date": time.strftime("%Y-%m-%d", time.gmtime()), "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
