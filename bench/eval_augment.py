@@ -1,5 +1,5 @@
 """Which augmentation the evaluator should train with, per dataset, chosen on the
-validation split (docs/RESULTS.md, "The evaluator's augmentation").
+validation split (no results in docs/ yet: the sweep has not been run).
 
 A memory distilled by the CLI (``memdistill distill ... --out FILE``) holds out the
 validation split its configuration records. For each augmentation named, this script
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         idx = select_subset(d.train, ipc, "herding")
         sets["herding"] = TrainingSet(d.train.subset(idx))
     ec = cfg.evaluation
-    ec = replace(ec, width=args.width or ec.width, epochs=args.epochs or ec.epochs, runs=args.runs)
+    ec = replace(ec, width=args.width or ec.width, epochs=args.epochs or ec.epochs)
     rows = []
     for a in augments:
         row = {"augment": a}
