@@ -49,12 +49,20 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, help="evaluation epochs (default: the file's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-herding", action="store_true")
+    p.add_argument("--sets", default="memory,start,herding",
+                   help="which of memory,start,herding to retrain (default: all three; a subset saves "
+                        "time when the references were measured under the same evaluator before)")
     p.add_argument("--root", default=None)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     augments = [a.strip() for a in args.augments.split(",") if a.strip()]
+    wanted = {x.strip() for x in args.sets.split(",") if x.strip()}
+    if not wanted or wanted - {"memory", "start", "herding"}:
+        raise SystemExit(f"--sets {args.sets!r}: name one or more of memory,start,herding")
+    if args.no_herding:
+        wanted.discard("herding")
     for a in augments:
         create_augmentation(a)  # fail now on a bad name, not after an hour
     mf = load_memory(args.file)
@@ -63,9 +71,12 @@ def main(argv=None) -> int:
     cfg = from_record(mf.meta["config"])
     train = load_dataset(cfg.dataset, "train", root=args.root)
     d = Distiller(cfg, train)  # only for its split: d.train excludes d.val, as in the distillation
-    sets = {"memory": TrainingSet(*d.label_space.class_examples(mf.memory)),
-            "start": TrainingSet(*starting_point(cfg, train))}
-    if not args.no_herding:
+    sets = {}
+    if "memory" in wanted:
+        sets["memory"] = TrainingSet(*d.label_space.class_examples(mf.memory))
+    if "start" in wanted:
+        sets["start"] = TrainingSet(*starting_point(cfg, train))
+    if "herding" in wanted:
         ipc = max(1, int(cfg.memory.budget_ipc))
         idx = select_subset(d.train, ipc, "herding")
         sets["herding"] = TrainingSet(d.train.subset(idx))
