@@ -214,8 +214,8 @@ def test_digits_are_not_flipped_by_default():
     for dataset in ("fashion-mnist", "cifar10"):
         assert resolve("paper", dataset, 1).inner.augment == "flip_rotate"
     assert resolve("cpu", "mnist", 1).inner.augment == "none"
-    # the cpu preset's evaluator rotates MNIST at budget 1 only (chosen on the validation split)
-    assert resolve("cpu", "mnist", 1).evaluation.augment == "rotate"
+    # the cpu preset's evaluator rotates and scales MNIST at budget 1 only (chosen on the validation split)
+    assert resolve("cpu", "mnist", 1).evaluation.augment == "rotate+scale"
     assert resolve("cpu", "mnist", 10).evaluation.augment == "none"
     assert resolve("cpu", "fashion-mnist", 1).evaluation.augment == "none"
     assert resolve("cpu", "mnist", 1, sets=[("evaluation.augment", "none")]).evaluation.augment == "none"
