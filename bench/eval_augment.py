@@ -1,5 +1,5 @@
 """Which augmentation the evaluator should train with, per dataset, chosen on the
-validation split (no results in docs/ yet: the sweep has not been run).
+validation split (docs/RESULTS.md, "The evaluator's augmentation at budget 1").
 
 A memory distilled by the CLI (``memdistill distill ... --out FILE``) holds out the
 validation split its configuration records. For each augmentation named, this script
