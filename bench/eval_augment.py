@@ -88,7 +88,8 @@ def main(argv=None) -> int:
         for name, data in sets.items():
             t = time.perf_counter()
             res = evaluate(data, d.val, replace(ec, augment=a), runs=args.runs, seed=cfg.seed)
-            row[name] = {"mean": res.mean, "std": res.std, "std_ddof": 1, "accuracies": res.accuracies, "seconds": time.perf_counter() - t}
+            row[name] = {"mean": res.mean, "std": res.std, "std_ddof": 1, "accuracies": res.accuracies,
+                         "seconds": time.perf_counter() - t}
         print(json.dumps({k: (v if k == "augment" else round(100 * v["mean"], 2)) for k, v in row.items()}),
               flush=True)
         rows.append(row)
