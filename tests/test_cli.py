@@ -214,9 +214,11 @@ def test_digits_are_not_flipped_by_default():
     for dataset in ("fashion-mnist", "cifar10"):
         assert resolve("paper", dataset, 1).inner.augment == "flip_rotate"
     assert resolve("cpu", "mnist", 1).inner.augment == "none"
-    # the cpu preset's evaluator rotates and scales MNIST at budget 1 only (chosen on the validation split)
+    # the cpu preset's evaluator rotates and scales MNIST at every budget (chosen on the validation split)
     assert resolve("cpu", "mnist", 1).evaluation.augment == "rotate+scale"
-    assert resolve("cpu", "mnist", 10).evaluation.augment == "none"
+    assert resolve("cpu", "mnist", 10).evaluation.augment == "rotate+scale"
+    assert resolve("cpu", "mnist", 10).inner.augment == "none"
+    assert resolve("cpu-quick", "mnist", 1).evaluation.augment == "none"
     assert resolve("cpu", "fashion-mnist", 1).evaluation.augment == "none"
     assert resolve("cpu", "mnist", 1, sets=[("evaluation.augment", "none")]).evaluation.augment == "none"
     assert resolve("paper", "mnist", 1, sets=[("inner.augment", "flip")]).inner.augment == "flip"
