@@ -540,7 +540,8 @@ def resolve(
     ``memory.kind``, else ``kind``, else ``"bases"``. Then, each step overriding the last:
 
     1. the defaults of :class:`DistillConfig`, the dataset's (``zca = 0.1`` on CIFAR,
-       :data:`DATASET_DEFAULTS`), then the preset (:data:`PRESETS`);
+       :data:`DATASET_DEFAULTS`), then the preset (:data:`PRESETS`) with its settings
+       for the dataset (:data:`PRESET_DATASET_SETTINGS`);
     2. at ``budget_ipc >= 10`` (not ``paper``): 20 recalled examples per class per inner
        step and, for a ``bases`` memory, the preset's :data:`BUDGET10_SETTINGS`;
     3. ``toml``: a TOML file's path or its parsed tree;
