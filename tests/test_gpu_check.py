@@ -149,3 +149,30 @@ def test_a_failing_part_is_recorded_and_the_rest_still_measured(data_root, tmp_p
         "outer_step.standin_3x32x32"]
     _positive(rec, "outer_step", "mnist", "seconds_per_step")
     assert rec["distillation"] == {"skipped": "--skip"}
+
+
+@pytest.mark.slow
+def test_gpu_profile_quick_cpu_run_times_every_variant_and_profiles_a_step(data_root, tmp_path):
+    profile = load_script("gpu_profile")
+    out = tmp_path / "gpu_profile.json"
+    assert profile.main(["--device", "cpu", "--quick", "--data", str(data_root), "--rounds", "1",
+                         "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["complete"] is True and rec["errors"] == {}
+    settings = rec["settings"]
+    assert settings["default"]["speedup_over_default"] == 1.0
+    for name in profile.VARIANTS:
+        cell = settings[name]
+        assert "skipped" in cell or (_positive(cell, "best_seconds") and len(cell["all_seconds"]) == 1)
+    prof = rec["profile"]
+    _positive(prof, "wall_seconds_profiled")
+    assert prof["top_ops"] and all(op["self_seconds"] >= 0 for op in prof["top_ops"])
+    # the variants leave the backend as they found it
+    assert torch.backends.cudnn.benchmark is False
+
+
+def test_gpu_profile_refuses_an_unknown_variant(data_root, capsys):
+    profile = load_script("gpu_profile")
+    with pytest.raises(SystemExit):
+        profile.main(["--device", "cpu", "--quick", "--data", str(data_root), "--variants", "default,nope"])
+    assert "unknown variants ['nope']" in capsys.readouterr().err

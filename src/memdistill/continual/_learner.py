@@ -117,7 +117,7 @@ class ContinualResult:
 
 # ------------------------------------------------------------------- training
 def _as_training_set(data: TrainingSet | ImageDataset, device) -> TrainingSet:
-    return data if isinstance(data, TrainingSet) else TrainingSet(data, device=device)
+    return data.to(device) if isinstance(data, TrainingSet) else TrainingSet(data, device=device)
 
 
 def _train(model: torch.nn.Module, data: TrainingSet, seen: int, cfg: LearnerConfig,

@@ -179,7 +179,7 @@ def meta_step(inputs: StepInputs, memory: Memory, g: torch.Generator, split: boo
         forward, init, init_state = inputs.pool_forward, member.params, member.state
         steps, window = oc.pool_unroll, None
     plans = draw_plans(steps, space.rows, memory.slots, ic.n_per_class, g, inputs.train.image_shape,
-                       inputs.augment, classes)
+                       inputs.augment, classes, device=inputs.device)
     cls_list = range(L) if classes is None else classes.tolist()
     xr, yr = _real_batch(inputs, cls_list, g)
     shares, outer_weight = None, 1.0
@@ -309,7 +309,7 @@ def class_share(dist: DistContext, plans, xr, yr, num_classes: int):
     for plan in plans:
         n = len(plan["classes"])
         mine = (torch.arange(n) // (n // num_classes)) % W == r
-        part = {k: v[mine] for k, v in plan.items() if k != "aug"}
+        part = {k: v[mine.to(v.device)] for k, v in plan.items() if k != "aug"}
         if "aug" in plan:  # per-image parameters follow their images; per-batch ones stay
             part["aug"] = {k: v[mine] if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == n else v
                            for k, v in plan["aug"].items()}

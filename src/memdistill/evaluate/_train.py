@@ -238,6 +238,15 @@ class TrainingSet:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def to(self, device: torch.device | str) -> "TrainingSet":
+        """This set with its tensors on ``device`` (itself when they are there already)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        if self._dataset is not None:
+            return TrainingSet(self._dataset, device=device)
+        return TrainingSet(self.images, self.labels, device=device)
+
     @property
     def soft(self) -> bool:
         return self.labels.ndim == 2
