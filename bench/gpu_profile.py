@@ -45,37 +45,17 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, bool]]] = {
     "cudnn_benchmark": ({}, {"cudnn_benchmark": True}),
     "channels_last": ({"channels_last": True}, {}),
     "bfloat16": ({"inner.precision": "bfloat16"}, {}),
-    "avgpool_kernel": ({}, {"avgpool_kernel": True}),
 }
 
 
 def _backend(flags: dict[str, bool]) -> dict[str, bool]:
-    """Set the backend flags, returning the previous values. ``avgpool_kernel``: the
-    networks built meanwhile pool with ``nn.AvgPool2d`` (PyTorch's pooling kernels, the
-    library's implementation before ``AvgPool2x2``)."""
-    from memdistill.models import _layers
-
+    """Set the backend flags, returning the previous values."""
     before = {"matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "cudnn_tf32": torch.backends.cudnn.allow_tf32,
-              "cudnn_benchmark": torch.backends.cudnn.benchmark,
-              "avgpool_kernel": _layers.AvgPool2x2 is not _AvgPool2x2}
+              "cudnn_benchmark": torch.backends.cudnn.benchmark}
     torch.backends.cuda.matmul.allow_tf32 = flags.get("matmul_tf32", before["matmul_tf32"])
     torch.backends.cudnn.allow_tf32 = flags.get("cudnn_tf32", before["cudnn_tf32"])
     torch.backends.cudnn.benchmark = flags.get("cudnn_benchmark", before["cudnn_benchmark"])
-    _layers.AvgPool2x2 = _AvgPoolKernel if flags.get("avgpool_kernel", before["avgpool_kernel"]) else _AvgPool2x2
     return before
-
-
-def _import_pool():
-    from memdistill.models._layers import AvgPool2x2
-
-    class AvgPoolKernel(torch.nn.AvgPool2d):
-        def __init__(self):
-            super().__init__(2, 2)
-
-    return AvgPool2x2, AvgPoolKernel
-
-
-_AvgPool2x2, _AvgPoolKernel = _import_pool()
 
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> float:

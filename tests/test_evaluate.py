@@ -215,3 +215,11 @@ def test_bad_schedule_is_refused():
         TrainConfig(schedule="auto")
     with pytest.raises(ConfigError, match="converge_tol must be in"):
         TrainConfig(converge_tol=0.0)
+
+
+def test_training_set_on_its_own_device_is_itself():
+    """(Moving to another device: tests/test_cuda.py, the continual CLI on CUDA.)"""
+    from memdistill.evaluate import TrainingSet
+
+    ts = TrainingSet(torch.randn(6, 1, 4, 4), torch.arange(6) % 3)
+    assert ts.to("cpu") is ts and ts.to(torch.device("cpu")) is ts

@@ -6,8 +6,6 @@ statistics, so every network is a pure function of its parameters and its input.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -78,32 +76,10 @@ def activation_layer(activation: str) -> nn.Module:
     )
 
 
-class AvgPool2x2(nn.Module):
-    """2x2, stride-2 average pooling (rounding the output size down, as
-    ``nn.AvgPool2d(2, 2)``). On a GPU it is written as a reshape and a mean: its backward
-    is a broadcast and its double backward (the meta-gradient differentiates the inner
-    step's gradient) a reshape again, where ``avg_pool2d_backward`` was the slowest kernel
-    of an outer step on an H200 (0.31 ms a call; ``docs/bench/gpu_profile_nvidia_h200.json``).
-    On a CPU PyTorch's own pooling is faster (1.19x over the reshape, an outer step at
-    T = 20, width 32; docs/BENCHMARKS.md) and is used."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, 2, 2) if x.device.type == "cpu" else self.reshape_mean(x)
-
-    @staticmethod
-    def reshape_mean(x: torch.Tensor) -> torch.Tensor:
-        """The pooling as a reshape and a mean (on any device)."""
-        n, c, h, w = x.shape
-        h2, w2 = h // 2, w // 2
-        if h % 2 or w % 2:
-            x = x[:, :, : 2 * h2, : 2 * w2]
-        return x.reshape(n, c, h2, 2, w2, 2).mean(dim=(3, 5))
-
-
 def pool_layer(pooling: str, ceil_mode: bool = False) -> nn.Module:
     """A 2x2, stride-2 pooling layer (``none``: identity)."""
     if pooling == "avg":
-        return nn.AvgPool2d(2, 2, ceil_mode=True) if ceil_mode else AvgPool2x2()
+        return nn.AvgPool2d(2, 2, ceil_mode=ceil_mode)
     if pooling == "max":
         return nn.MaxPool2d(2, 2, ceil_mode=ceil_mode)
     if pooling == "none":
