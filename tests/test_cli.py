@@ -377,3 +377,20 @@ def test_resolve_applies_preset_budget_toml_flags_and_sets_in_that_order(tmp_pat
     assert parse_sets([" inner.lr = 0.02", "a=b=c"]) == [("inner.lr", "0.02"), ("a", "b=c")]
     with pytest.raises(ConfigError, match=r"--set expects KEY=VALUE \(e.g. inner.lr=0.02\), got 'inner.lr'"):
         parse_sets(["inner.lr"])
+
+
+def test_distill_with_a_moving_average_writes_it_and_the_last_iterate(data_root, tmp_path, capsys):
+    from memdistill.memory.file import load_memory
+
+    out = tmp_path / "m.mem.safetensors"
+    assert main([*_distill_args(data_root, out), "--set", "outer.average=0.5"]) == 0
+    last = tmp_path / "m.mem.last.safetensors"
+    assert "the last iterate in" in capsys.readouterr().out and last.exists()
+    avg, it = load_memory(out), load_memory(last)
+    assert avg.meta["config"]["outer"]["average"] == 0.5
+    assert any(not torch.equal(avg.memory.tensors[k], it.memory.tensors[k]) for k in avg.memory.tensors)
+    plain = tmp_path / "p.mem.safetensors"
+    assert main(_distill_args(data_root, plain)) == 0
+    assert not (tmp_path / "p.mem.last.safetensors").exists()
+    for k, v in load_memory(plain).memory.tensors.items():  # averaging leaves the path alone
+        assert torch.equal(v, it.memory.tensors[k]), k

@@ -286,3 +286,38 @@ def test_meta_step_result_has_names_and_unpacks(small_train):
     assert loss == res.loss and grads is res.grads and inner is res.inner_losses
     assert isinstance(res.loss, float) and len(res.inner_losses) == d.config.inner.steps
     assert [g.shape for g in res.grads] == [p.shape for p in mem.parameters()]
+
+
+# ------------------------------------------------------------ the memory's moving average
+def test_moving_average_follows_the_same_iterates_and_averages_them_exactly(small_train):
+    iterates = [Distiller(_tiny(), small_train).new_memory().tensors]
+    for n in (1, 2, 3):
+        res = Distiller(_tiny(**{"outer": {"iterations": n}}), small_train).run()
+        assert res.last_iterate is None  # no average: the memory is the last iterate
+        iterates.append(res.memory.tensors)
+    avg = Distiller(_tiny(**{"outer": {"iterations": 3, "average": 0.2}}), small_train).run()
+    for k in iterates[0]:
+        assert torch.equal(avg.last_iterate.tensors[k], iterates[3][k]), k  # averaging leaves the path alone
+        expected = iterates[0][k].detach().double()
+        for n in (0, 1, 2):  # decay min(0.2, (1 + n) / (10 + n)) after n updates: 0.1, 0.18.., 0.2
+            d = min(0.2, (1 + n) / (10 + n))
+            expected = d * expected + (1 - d) * iterates[n + 1][k].double()
+        torch.testing.assert_close(avg.memory.tensors[k].double(), expected, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(avg.memory.tensors[k], avg.last_iterate.tensors[k])
+
+
+def test_moving_average_survives_resume_bit_identically(small_train, tmp_path):
+    over = {"outer": {"average": 0.5}}
+    full = Distiller(_tiny(**over), small_train).run()
+    ckpt = tmp_path / "c.ckpt"
+    Distiller(_tiny(**over), small_train).run(checkpoint=ckpt, stop_after=2)
+    second = Distiller(_tiny(**over), small_train).run(checkpoint=ckpt, resume=True)
+    for k in full.memory.tensors:
+        assert torch.equal(full.memory.tensors[k], second.memory.tensors[k]), k
+        assert torch.equal(full.last_iterate.tensors[k], second.last_iterate.tensors[k]), k
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, 1.5])
+def test_moving_average_decay_outside_zero_one_is_refused(bad):
+    with pytest.raises(ConfigError, match=r"outer.average .* must be in \[0, 1\)"):
+        _tiny(**{"outer": {"average": bad}}).validate()

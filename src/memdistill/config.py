@@ -109,6 +109,10 @@ class OuterConfig:
     regression_max_steps: int = 300
     regression_reg: float = 0.01
     regression_real_per_class: int = 32
+    # exponential moving average of the memory over the outer updates (0: off): the run
+    # evaluates and returns the average, with decay min(average, (1 + n) / (10 + n)) after
+    # n updates (a short warm-up); the last iterate is kept beside it (DistillResult)
+    average: float = 0.0
 
 
 @dataclass
@@ -218,6 +222,9 @@ class DistillConfig:
             *self._checkpoint_checks(),
             (self.outer.real_per_class >= 1, "outer.real_per_class must be >= 1"),
             (self.outer.clip >= 0, "outer.clip must be >= 0 (0 disables clipping)"),
+            (0 <= self.outer.average < 1,
+             f"outer.average (the decay of the memory's moving average) must be in [0, 1), 0 for off; "
+             f"got {self.outer.average}"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
             (self.outer.meta_batch >= 1, "outer.meta_batch (inner unrolls per outer step) must be >= 1"),
             (self.data_on_device in ("auto", "always", "never"), "data_on_device must be auto, always or never"),

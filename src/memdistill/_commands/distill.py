@@ -139,9 +139,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
                      "validation_start": result.start_eval, "distill_seconds_this_session": seconds}
     space = distiller.label_space  # one-hot: the class names; else the label space's coordinates
     extra = {**(space.file_extra() or {}), **({"dataset": train.source} if train.source is not None else {})}
-    save_memory(out, result.memory, dataset=cfg.dataset, classes=list(space.coordinates), mean=train.mean,
-                std=train.std, zca=distiller.train.zca, config=config_to_dict(cfg), metrics=metrics_final,
-                train_size=len(train), extra=extra or None)
+    def save(path: Path, memory, metrics: dict) -> None:
+        save_memory(path, memory, dataset=cfg.dataset, classes=list(space.coordinates), mean=train.mean,
+                    std=train.std, zca=distiller.train.zca, config=config_to_dict(cfg), metrics=metrics,
+                    train_size=len(train), extra=extra or None)
+
+    save(out, result.memory, metrics_final)
+    last = Path(f"{base}.last.safetensors")
+    if result.last_iterate is not None:  # outer.average: the file holds the average, this the last update
+        save(last, result.last_iterate, {**metrics_final, "validation": None, "memory": "last iterate"})
     rep = result.memory.report(len(train))
     rows = [(cfg.dataset, cfg.memory.kind, cfg.memory.budget_ipc, result.memory.slots, rep.examples,
              rep.floats_stored, result.iterations,
@@ -149,7 +155,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     print(table(["dataset", "memory", "budget ipc", "slots/class", "examples", "floats", "iterations",
                  "val acc %", "seconds"], rows))
     print(_against_start(result))
-    print(f"wrote {out} (checkpoint {checkpoint}, metrics {metrics})")
+    print(f"wrote {out} (checkpoint {checkpoint}, metrics {metrics})"
+          + (f"; the moving average (outer.average); the last iterate in {last}" if result.last_iterate else ""))
     if result.iterations < cfg.outer.iterations:
         print(f"stopped at the time limit after {result.iterations} of {cfg.outer.iterations} iterations; "
               f"add --resume to continue")

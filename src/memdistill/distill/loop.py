@@ -58,6 +58,7 @@ class DistillResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     last_eval: dict[str, Any] | None = None
     start_eval: dict[str, Any] | None = None  # the starting point's, on the same split
+    last_iterate: Memory | None = None  # with outer.average: the memory of the last update (memory is the average)
 
     @property
     def below_start(self) -> bool:
@@ -100,6 +101,9 @@ class RunState:
             (``outer.regression_steps > 0``, :mod:`.regression`), else ``None``.
         failures_in_a_row: non-finite meta-gradients since the last finite one (not
             part of a snapshot).
+        average: with ``outer.average > 0``, the moving average of ``memory``'s
+            tensors (detached), else ``None``.
+        averaged: updates taken into ``average``.
     """
 
     memory: Memory
@@ -113,6 +117,8 @@ class RunState:
     pool: ModelPool | None = None
     regression_pool: ModelPool | None = None
     failures_in_a_row: int = 0
+    average: dict[str, torch.Tensor] | None = None
+    averaged: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         """A detached copy of the state (the checkpoint payload)."""
@@ -123,7 +129,25 @@ class RunState:
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "pool": None if self.pool is None else self.pool.state_dict(),
             "regression_pool": None if self.regression_pool is None else self.regression_pool.state_dict(),
+            "average": None if self.average is None else {k: v.clone() for k, v in self.average.items()},
+            "averaged": self.averaged,
         }
+
+    def averaged_memory(self) -> Memory:
+        """``memory`` with the moving average's tensors (``memory`` itself without one)."""
+        if self.average is None:
+            return self.memory
+        out = copy.copy(self.memory)
+        out.tensors = {k: v.clone() for k, v in self.average.items()}
+        return out
+
+    def update_average(self, decay: float) -> None:
+        """Take the memory's current tensors into the moving average."""
+        d = min(decay, (1 + self.averaged) / (10 + self.averaged))
+        with torch.no_grad():
+            for k, v in self.memory.tensors.items():
+                self.average[k].mul_(d).add_(v.detach(), alpha=1 - d)
+        self.averaged += 1
 
     def restore(self, snap: dict[str, Any], new_optimizer: Callable[..., torch.optim.Optimizer],
                 counters: bool = True) -> None:
@@ -142,6 +166,11 @@ class RunState:
             self.pool.load_state_dict(snap["pool"], device=device)
         if self.regression_pool is not None:
             self.regression_pool.load_state_dict(snap["regression_pool"], device=device)
+        if self.average is not None:  # a checkpoint from before averaging: it starts at the memory
+            saved = snap.get("average")
+            self.average = ({k: v.detach().clone() for k, v in self.memory.tensors.items()} if saved is None
+                            else {k: v.clone().to(device) for k, v in saved.items()})
+            self.averaged = snap.get("averaged", 0) if saved is not None else 0
 
 
 class Distiller:
@@ -351,8 +380,9 @@ class Distiller:
             bar.close()
         for p in state.memory.parameters():
             p.requires_grad_(False)
-        return DistillResult(state.memory, state.iteration, state.skipped, state.rollbacks, history, state.last_eval,
-                             state.start_eval)
+        last = state.memory if state.average is not None else None
+        return DistillResult(state.averaged_memory(), state.iteration, state.skipped, state.rollbacks, history,
+                             state.last_eval, state.start_eval, last_iterate=last)
 
     def _start(self, checkpoint: PathLike | None) -> RunState:
         """A new memory and outer optimiser, continued from ``checkpoint`` when it
@@ -361,6 +391,8 @@ class Distiller:
         lr = self.config.outer.lr
         state = RunState(memory, self._outer_optimizer(memory, lr), lr=lr, pool=self.new_pool(),
                          regression_pool=self.new_regression_pool())
+        if self.config.outer.average:
+            state.average = {k: v.detach().clone() for k, v in memory.tensors.items()}
         if checkpoint is None:
             return state
         main = self.dist.is_main
@@ -408,6 +440,8 @@ class Distiller:
         if math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in grads):
             state.failures_in_a_row = 0
             self._update(state, grads, record)
+            if state.average is not None:
+                state.update_average(oc.average)
         else:
             state.skipped += 1
             state.failures_in_a_row += 1
@@ -419,7 +453,7 @@ class Distiller:
         record["inner_loss_last"] = inner_losses[-1] if inner_losses else None
         record["seconds"] = time.perf_counter() - t0
         if (ec.every and state.iteration % ec.every == 0) or state.iteration == oc.iterations:
-            state.last_eval = self.evaluate_memory(state.memory)
+            state.last_eval = self.evaluate_memory(state.averaged_memory())  # what the run delivers
             record["eval"] = state.last_eval
         return record
 
