@@ -493,8 +493,8 @@ def evaluate_sets(distiller, test, device: torch.device, runs: int, ipc: int,
                            "width": ec.width, "real_ipc": ipc}
     for name, data in sets.items():
         r = evaluate(data, test, ec, runs=runs, seed=0, device=device)
-        out[name] = {"mean": r.mean, "std": r.std, "accuracies": r.accuracies, "examples": len(data),
-                     "seconds": r.wall_seconds}
+        out[name] = {"mean": r.mean, "std": r.std, "std_ddof": 1, "accuracies": r.accuracies,
+                     "examples": len(data), "seconds": r.wall_seconds}
     return out
 
 
