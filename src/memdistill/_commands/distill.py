@@ -155,8 +155,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     print(table(["dataset", "memory", "budget ipc", "slots/class", "examples", "floats", "iterations",
                  "val acc %", "seconds"], rows))
     print(_against_start(result))
+    averaged = result.last_iterate is not None
     print(f"wrote {out} (checkpoint {checkpoint}, metrics {metrics})"
-          + (f"; the moving average (outer.average); the last iterate in {last}" if result.last_iterate else ""))
+          + (f"; the moving average (outer.average); the last iterate in {last}" if averaged else ""))
     if result.iterations < cfg.outer.iterations:
         print(f"stopped at the time limit after {result.iterations} of {cfg.outer.iterations} iterations; "
               f"add --resume to continue")
