@@ -387,4 +387,3 @@ def test_too_small_images_fail_at_construction(name):
         assert name in str(error)
     else:  # a network that accepts 4 px images must actually run on them
         assert model(torch.zeros(2, 1, 4, 4)).shape == (2, 3)
-
