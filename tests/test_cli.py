@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from _cli_args import tiny_distill_args
 from memdistill.cli import main
 from memdistill.errors import ConfigError
 
@@ -73,10 +74,7 @@ def test_console_entry_point_runs():
     assert proc.returncode == 0 and "memdistill" in proc.stdout
 
 
-def _distill_args(data_root, out):
-    return ["distill", "--dataset", "mnist", "--budget-ipc", "1", "--preset", "cpu-quick", "--root", str(data_root),
-            "--iterations", "2", "--inner-steps", "2", "--set", "inner.width=8", "--set", "outer.real_per_class=4",
-            "--set", "evaluation.epochs=1", "--set", "evaluation.width=8", "--out", str(out), "--no-progress"]
+_distill_args = tiny_distill_args
 
 
 @pytest.mark.parametrize("pool_size, inner_steps, warned", [(4, 7, True), (0, 7, False), (4, None, False)])

@@ -142,13 +142,11 @@ def test_distillation_variants_run_on_cuda(variant):
 def test_cli_distill_and_evaluate_on_cuda(data_root, tmp_path):
     import json
 
+    from _cli_args import tiny_distill_args
     from memdistill.cli import main
 
     out = tmp_path / "m.mem.safetensors"
-    assert main(["distill", "--dataset", "mnist", "--budget-ipc", "1", "--preset", "cpu-quick", "--root",
-                 str(data_root), "--device", "cuda", "--iterations", "2", "--set", "inner.width=8",
-                 "--set", "outer.real_per_class=4", "--set", "evaluation.epochs=1", "--set", "evaluation.width=8",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert main([*tiny_distill_args(data_root, out), "--device", "cuda"]) == 0
     ev = tmp_path / "e.json"
     assert main(["evaluate", str(out), "--runs", "1", "--epochs", "2", "--width", "8", "--root", str(data_root),
                  "--device", "cuda", "--out", str(ev), "--no-progress"]) == 0

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from _bench_scripts import load_script
+from _cli_args import tiny_distill_args
 from memdistill.cli import main
 from memdistill.memory.file import load_memory
 
@@ -15,10 +16,7 @@ from memdistill.memory.file import load_memory
 @pytest.mark.slow
 def test_a_files_validation_accuracy_is_the_one_its_distillation_recorded(data_root, tmp_path):
     out = tmp_path / "m.mem.safetensors"
-    assert main(["distill", "--dataset", "mnist", "--budget-ipc", "1", "--preset", "cpu-quick", "--root",
-                 str(data_root), "--iterations", "2", "--set", "inner.width=8", "--set", "outer.real_per_class=4",
-                 "--set", "evaluation.epochs=2", "--set", "evaluation.width=8", "--set", "outer.average=0.5",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert main([*tiny_distill_args(data_root, out), "--set", "outer.average=0.5"]) == 0
     recorded = load_memory(out).meta["metrics"]["validation"]["mean"]
     script = load_script("val_accuracy")
     js = tmp_path / "v.json"
