@@ -89,7 +89,7 @@ def _slice(d: Distiller, ckpt: Path, seconds: float):
     """Run ``d`` from its checkpoint for about ``seconds``: (outer-step seconds, iterations
     done, the memory)."""
     res = d.run(checkpoint=ckpt, resume=ckpt.exists(), time_limit=max(seconds, 1e-9))
-    return sum(r["seconds"] for r in res.history), res.iterations, res.memory
+    return sum(r["seconds"] for r in res.history), res.iterations, res.memory, res.last_iterate
 
 
 def herding_reference(d: Distiller, budget_ipc: float) -> dict[str, Any]:
@@ -140,25 +140,35 @@ def run_curves(args) -> dict[str, Any]:
     first = distillers[methods[0]]
     starts = starting_points(distillers)
     herding = None if args.no_herding else herding_reference(first, args.budget_ipc)
-    curves: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    # a method with outer.average delivers the moving average; its last iterate (the memory
+    # the same run would deliver without averaging: averaging never changes the path) is
+    # evaluated beside it as the curve "<method>/last"
+    averaged = [m for m in methods if distillers[m].config.outer.average]
+    curves: dict[str, list[dict[str, Any]]] = {n: [] for m in methods for n in (m, *((f"{m}/last",) if m in averaged
+                                                                                      else ()))}
     spent = {m: 0.0 for m in methods}
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(1, args.slices + 1):
             target = args.seconds * k / args.slices
             for m, d in distillers.items():
                 ckpt = Path(tmp) / f"{m.replace('+', '_')}.ckpt"
-                done, iterations, memory = _slice(d, ckpt, target - spent[m])
+                done, iterations, memory, last = _slice(d, ckpt, target - spent[m])
                 spent[m] += done
-                ev = d.evaluate_memory(memory)
-                curves[m].append({"seconds": spent[m], "iterations": iterations, "mean": ev["mean"],
-                                  "std": ev["std"], "std_ddof": 1})
-                print(f"{m:12s} slice {k}: {spent[m]:7.1f} s, {iterations:4d} its, val {100 * ev['mean']:.2f}%",
-                      flush=True)
+                for name, mem in ((m, memory), (f"{m}/last", last)):
+                    if name not in curves:
+                        continue
+                    ev = d.evaluate_memory(mem)
+                    curves[name].append({"seconds": spent[m], "iterations": iterations, "mean": ev["mean"],
+                                         "std": ev["std"], "std_ddof": 1})
+                    print(f"{name:12s} slice {k}: {spent[m]:7.1f} s, {iterations:4d} its, "
+                          f"val {100 * ev['mean']:.2f}%", flush=True)
     result = {"dataset": args.dataset, "budget_ipc": args.budget_ipc, "preset": args.preset, "seed": args.seed,
               "seconds": args.seconds, "slices": args.slices, "eval_runs": args.eval_runs,
-              "split": starts[methods[0]]["split"], "methods": {m: settings[m] for m in methods},
+              "split": starts[methods[0]]["split"], "methods": {**{m: settings[m] for m in methods},
+                                                                 **{f"{m}/last": {**settings[m], "last_iterate": True}
+                                                                    for m in averaged}},
               "extra_sets": args.set or [], "start": starts[methods[0]],
-              "starts": starts, "curves": curves, "machine": machine(), "date": today(),
+              "starts": {**starts, **{f"{m}/last": starts[m] for m in averaged}}, "curves": curves, "machine": machine(), "date": today(),
               "torch_threads": torch.get_num_threads(), "command": "python bench/curves.py " + shlex.join(sys.argv[1:])}
     if herding is not None:
         result["herding"] = herding

@@ -60,6 +60,27 @@ def test_a_method_with_another_memory_is_read_against_its_own_starting_point():
     assert "starting points k4 **" in table
 
 
+def test_an_averaging_method_is_drawn_with_its_last_iterate_which_is_the_plain_run():
+    """With ``outer.average`` a method delivers the moving average; its last iterate is
+    evaluated beside it as ``NAME/last``, and (averaging never changes the path) scores
+    exactly what the same method without averaging scores after as many outer steps."""
+    args = curves.argparse.Namespace(
+        dataset="mnist", budget_ipc=1.0, preset="cpu-quick", seconds=600.0, slices=1, eval_runs=1, seed=0,
+        root=None, only="", no_herding=True,
+        set=["evaluation.epochs=30", "evaluation.width=8", "inner.width=8", "outer.real_per_class=2",
+             "outer.pool_size=0", "inner.steps=2", "outer.iterations=3"],
+        method=["plain:outer.lr=0.3", "avg:outer.lr=0.3,outer.average=0.5"])
+    result = curves.run_curves(args)
+    assert list(result["curves"]) == ["plain", "avg", "avg/last"]
+    assert result["methods"]["avg/last"] == {"outer.lr": 0.3, "outer.average": 0.5, "last_iterate": True}
+    assert result["starts"]["avg/last"] == result["starts"]["avg"] == result["starts"]["plain"]
+    plain, avg, last = (result["curves"][m][0] for m in ("plain", "avg", "avg/last"))
+    assert plain["iterations"] == avg["iterations"] == last["iterations"] == 3
+    assert last["mean"] == plain["mean"] != result["starts"]["plain"]["mean"]
+    assert avg["mean"] != last["mean"]  # two memories: the average is not the last iterate
+    assert "| avg/last |" in curves.markdown(result, "img/x.png")
+
+
 def _run(method: str, start: float, **extra):
     point = {"seconds": 10.0, "iterations": 3, "mean": start + 0.05, "std": 0.0, "std_ddof": 1}
     return {"dataset": "mnist", "budget_ipc": 1.0, "preset": "cpu", "seed": 0, "seconds": 10.0, "slices": 1,
