@@ -426,6 +426,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # No feature-regression phase (outer.regression_steps=0): 480 regression steps before the
     # unrolls were +0.80 at 900 s on Fashion-MNIST (82.32 against 81.52%) and -0.34 on MNIST
     # (95.03 against 95.37%), one run each (docs/RESULTS.md, "Feature regression first").
+    # No ZCA whitening: zca=0.1 on Fashion-MNIST ended 0.89 below at 900 s (80.13 against
+    # 81.02%, validation, width 128, one run each) from a start 17 points lower
+    # (docs/RESULTS.md, "ZCA whitening on Fashion-MNIST").
     "cpu": {
         "inner": {"width": 32, "steps": 80, "n_per_class": 5, "augment": "none"},
         "outer": {"iterations": 200, "optimizer": "adam", "lr": 0.01, "real_per_class": 128},
@@ -488,6 +491,9 @@ PRESET_DATASET_SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
 # Fashion-MNIST at 83.00% after 900 s against 84.30% for these unrolls, and MNIST *below* its
 # start (96.08 against 96.60%; validation split, width 128, one run each; docs/RESULTS.md,
 # "Feature regression first, budget 10").
+# Fashion-MNIST's plateau near 83% (validation, width 32) after about 50 outer steps is not
+# noise the moving average (outer.average=0.95) or 128 real images per class remove: level,
+# and 0.9-1.3 behind, after 1 200 s (docs/RESULTS.md, "The plateau at budget 10").
 BUDGET10_SETTINGS: dict[str, dict[str, Any]] = {
     "cpu-quick": {"memory.num_bases": 64, "inner.steps": 300, "outer.window": 20, "outer.random_truncation": True,
                   "outer.lr": 0.003, "outer.iterations": 20, "outer.pool_size": 0},
