@@ -15,6 +15,9 @@ memory is evaluated on the validation split (carved from the training set: the t
 split is never read), with the run's evaluator; the starting point is evaluated once per
 distinct memory and evaluator setting (once in all when no method changes ``memory.*`` or
 ``evaluation.*``) and drawn as its own line, and each method is read against its own.
+A method with ``outer.average`` delivers the moving average of its memory; its last
+iterate (the path the same method takes without averaging) is evaluated beside it as the
+curve ``NAME/last``.
 
     python bench/curves.py --dataset mnist --budget-ipc 1 --seconds 600 --slices 5
 
