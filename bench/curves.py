@@ -90,7 +90,7 @@ def method_config(args, sets: dict[str, Any]):
 
 def _slice(d: Distiller, ckpt: Path, seconds: float):
     """Run ``d`` from its checkpoint for about ``seconds``: (outer-step seconds, iterations
-    done, the memory)."""
+    done, the memory, its last iterate: ``None`` unless the method averages)."""
     res = d.run(checkpoint=ckpt, resume=ckpt.exists(), time_limit=max(seconds, 1e-9))
     return sum(r["seconds"] for r in res.history), res.iterations, res.memory, res.last_iterate
 
@@ -171,7 +171,8 @@ def run_curves(args) -> dict[str, Any]:
                                                                  **{f"{m}/last": {**settings[m], "last_iterate": True}
                                                                     for m in averaged}},
               "extra_sets": args.set or [], "start": starts[methods[0]],
-              "starts": {**starts, **{f"{m}/last": starts[m] for m in averaged}}, "curves": curves, "machine": machine(), "date": today(),
+              "starts": {**starts, **{f"{m}/last": starts[m] for m in averaged}}, "curves": curves,
+              "machine": machine(), "date": today(),
               "torch_threads": torch.get_num_threads(), "command": "python bench/curves.py " + shlex.join(sys.argv[1:])}
     if herding is not None:
         result["herding"] = herding
