@@ -147,8 +147,11 @@ def run_curves(args) -> dict[str, Any]:
     # the same run would deliver without averaging: averaging never changes the path) is
     # evaluated beside it as the curve "<method>/last"
     averaged = [m for m in methods if distillers[m].config.outer.average]
-    curves: dict[str, list[dict[str, Any]]] = {n: [] for m in methods for n in (m, *((f"{m}/last",) if m in averaged
-                                                                                      else ()))}
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for m in methods:
+        curves[m] = []
+        if m in averaged:
+            curves[f"{m}/last"] = []
     spent = {m: 0.0 for m in methods}
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(1, args.slices + 1):

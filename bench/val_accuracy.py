@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="+")
     ap.add_argument("--runs", type=int, default=3, help="networks retrained per file (default 3)")
-    ap.add_argument("--root", help="data folder (default: $MEMDISTILL_DATA, else ../shared/data)")
+    ap.add_argument("--root", help="data folder (default: $MEMDISTILL_DATA, else ./data)")
     ap.add_argument("--out", help="JSON of every file's result")
     args = ap.parse_args(argv)
     out: dict[str, Any] = {"command": "python bench/val_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -74,9 +74,6 @@ def test_console_entry_point_runs():
     assert proc.returncode == 0 and "memdistill" in proc.stdout
 
 
-_distill_args = tiny_distill_args
-
-
 @pytest.mark.parametrize("pool_size, inner_steps, warned", [(4, 7, True), (0, 7, False), (4, None, False)])
 def test_inner_steps_ignored_by_the_pool_is_said(pool_size, inner_steps, warned, capsys):
     from memdistill._commands.distill import _warn_unused_steps
@@ -89,7 +86,7 @@ def test_inner_steps_ignored_by_the_pool_is_said(pool_size, inner_steps, warned,
 
 def test_distill_info_show_evaluate_end_to_end(data_root, tmp_path, capsys):
     out = tmp_path / "m.mem.safetensors"
-    assert main(_distill_args(data_root, out)) == 0
+    assert main(tiny_distill_args(data_root, out)) == 0
     assert out.exists() and (tmp_path / "m.mem.config.json").exists()
     cfg = json.loads((tmp_path / "m.mem.config.json").read_text())
     assert cfg["inner"]["width"] == 8 and cfg["inner"]["steps"] == 2
@@ -120,19 +117,19 @@ def test_distill_info_show_evaluate_end_to_end(data_root, tmp_path, capsys):
 
 def test_distill_time_limit_writes_the_partial_memory_and_resume_completes_it(data_root, tmp_path, capsys):
     out = tmp_path / "t.mem.safetensors"
-    assert main(_distill_args(data_root, out) + ["--time-limit", "1e-9"]) == 0
+    assert main(tiny_distill_args(data_root, out) + ["--time-limit", "1e-9"]) == 0
     assert out.exists() and "stopped at the time limit after 1 of 2 iterations" in capsys.readouterr().out
-    assert main(_distill_args(data_root, out) + ["--resume"]) == 0
+    assert main(tiny_distill_args(data_root, out) + ["--resume"]) == 0
     assert "stopped at the time limit" not in capsys.readouterr().out
     assert len((tmp_path / "t.mem.metrics.jsonl").read_text().splitlines()) == 2
-    assert main(_distill_args(data_root, tmp_path / "u.mem.safetensors") + ["--time-limit", "0"]) == 2
+    assert main(tiny_distill_args(data_root, tmp_path / "u.mem.safetensors") + ["--time-limit", "0"]) == 2
     assert "--time-limit must be a positive number of seconds" in capsys.readouterr().err
     assert not (tmp_path / "u.mem.safetensors").exists() and not (tmp_path / "u.mem.config.json").exists()
 
 
 def test_distill_with_zca_keeps_the_whitening_in_the_file(data_root, tmp_path, capsys):
     out = tmp_path / "z.mem.safetensors"
-    assert main(_distill_args(data_root, out) + ["--set", "zca=0.1"]) == 0
+    assert main(tiny_distill_args(data_root, out) + ["--set", "zca=0.1"]) == 0
     from memdistill import load
 
     mf = load(out)
@@ -146,12 +143,12 @@ def test_distill_with_zca_keeps_the_whitening_in_the_file(data_root, tmp_path, c
 
 def test_distill_resume_via_cli_and_bad_inputs(data_root, tmp_path, capsys):
     out = tmp_path / "r.mem.safetensors"
-    assert main(_distill_args(data_root, out)) == 0
+    assert main(tiny_distill_args(data_root, out)) == 0
     from memdistill import load
 
     before = load(out).memory.tensors["bases"].clone()
     # resuming a finished run does no more iterations and writes the same memory again
-    assert main(_distill_args(data_root, out) + ["--resume"]) == 0
+    assert main(tiny_distill_args(data_root, out) + ["--resume"]) == 0
     assert torch.equal(before, load(out).memory.tensors["bases"])
     capsys.readouterr()
     assert main(["evaluate", str(out), "--dataset", "fashion-mnist", "--root", str(data_root)]) == 2
@@ -160,7 +157,7 @@ def test_distill_resume_via_cli_and_bad_inputs(data_root, tmp_path, capsys):
     junk.write_bytes(b"not a memory")
     assert main(["info", str(junk)]) == 2
     assert "not a safetensors file" in capsys.readouterr().err
-    assert main(_distill_args(data_root, out) + ["--set", "inner.stepz=3"]) == 2
+    assert main(tiny_distill_args(data_root, out) + ["--set", "inner.stepz=3"]) == 2
     assert "unknown option 'inner.stepz'" in capsys.readouterr().err
     assert main(["distill", "--dataset", "mnist", "--budget-ipc", "0.01", "--root", str(data_root),
                  "--out", str(tmp_path / "x.safetensors"), "--no-progress"]) == 2
@@ -177,14 +174,14 @@ def test_distill_reports_its_starting_point_and_evaluate_rebuilds_it_exactly(dat
     from memdistill.distill import starting_point
 
     out = tmp_path / "s.mem.safetensors"
-    assert main(_distill_args(data_root, out)) == 0
+    assert main(tiny_distill_args(data_root, out)) == 0
     printed = capsys.readouterr().out
     assert "validation accuracy: starting point" in printed and "after 2 iterations" in printed
     mf = load(out)
     start = mf.meta["metrics"]["validation_start"]
     assert start["split"] == "val" and 0 <= start["mean"] <= 1
     zero = tmp_path / "z.mem.safetensors"
-    assert main(_distill_args(data_root, zero) + ["--iterations", "0"]) == 0
+    assert main(tiny_distill_args(data_root, zero) + ["--iterations", "0"]) == 0
     assert "starting point:" in capsys.readouterr().out
     mz = load(zero)
     x0, y0 = starting_point(from_record(mz.meta["config"]), load_dataset("mnist", "train", root=data_root))
@@ -192,7 +189,7 @@ def test_distill_reports_its_starting_point_and_evaluate_rebuilds_it_exactly(dat
     assert torch.equal(y0, y) and torch.allclose(x0, x, atol=1e-6)  # float32 round trip of the file
     # evaluate trains on the memory with the augmentation the file records (test follows validation)
     rotated = tmp_path / "r.mem.safetensors"
-    assert main(_distill_args(data_root, rotated) + ["--iterations", "0", "--set", "evaluation.augment=rotate"]) == 0
+    assert main(tiny_distill_args(data_root, rotated) + ["--iterations", "0", "--set", "evaluation.augment=rotate"]) == 0
     ev = tmp_path / "r.json"
     assert main(["evaluate", str(rotated), "--runs", "1", "--epochs", "1", "--width", "8", "--root", str(data_root),
                  "--out", str(ev), "--no-progress", "--no-starting-point"]) == 0
@@ -226,11 +223,11 @@ def test_refused_resume_writes_nothing(data_root, tmp_path, capsys):
     """A ``--resume`` refused because the checkpoint holds another configuration leaves
     the previous run's files (memory, resolved configuration, metrics) untouched."""
     out = tmp_path / "r.mem.safetensors"
-    assert main(_distill_args(data_root, out)) == 0
+    assert main(tiny_distill_args(data_root, out)) == 0
     files = sorted(p for p in tmp_path.iterdir() if p.is_file())
     before = {p.name: p.read_bytes() for p in files}
     capsys.readouterr()
-    assert main(_distill_args(data_root, out) + ["--resume", "--seed", "7"]) == 2
+    assert main(tiny_distill_args(data_root, out) + ["--resume", "--seed", "7"]) == 2
     assert "different seed" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in sorted(tmp_path.iterdir()) if p.is_file()} == before
 
@@ -310,7 +307,7 @@ def test_run_records_share_one_header(data_root, tmp_path, capsys):
 
     header = {"command", "argv", "version", "date", "machine"}
     out = tmp_path / "h.mem.safetensors"
-    assert main(_distill_args(data_root, out)) == 0
+    assert main(tiny_distill_args(data_root, out)) == 0
     ev = tmp_path / "h.eval.json"
     assert main(["evaluate", str(out), "--runs", "1", "--epochs", "1", "--width", "8", "--root", str(data_root),
                  "--out", str(ev), "--no-progress"]) == 0
@@ -381,14 +378,14 @@ def test_distill_with_a_moving_average_writes_it_and_the_last_iterate(data_root,
     from memdistill.memory.file import load_memory
 
     out = tmp_path / "m.mem.safetensors"
-    assert main([*_distill_args(data_root, out), "--set", "outer.average=0.5"]) == 0
+    assert main([*tiny_distill_args(data_root, out), "--set", "outer.average=0.5"]) == 0
     last = tmp_path / "m.mem.last.safetensors"
     assert "the last iterate in" in capsys.readouterr().out and last.exists()
     avg, it = load_memory(out), load_memory(last)
     assert avg.meta["config"]["outer"]["average"] == 0.5
     assert any(not torch.equal(avg.memory.tensors[k], it.memory.tensors[k]) for k in avg.memory.tensors)
     plain = tmp_path / "p.mem.safetensors"
-    assert main(_distill_args(data_root, plain)) == 0
+    assert main(tiny_distill_args(data_root, plain)) == 0
     assert not (tmp_path / "p.mem.last.safetensors").exists()
     for k, v in load_memory(plain).memory.tensors.items():  # averaging leaves the path alone
         assert torch.equal(v, it.memory.tensors[k]), k
