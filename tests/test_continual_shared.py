@@ -260,6 +260,13 @@ def test_ragged_tasks_keep_earlier_bases_and_recalls_bit_for_bit(monkeypatch):
             assert sorted(set(ts.labels.tolist())) == list(range(task.classes[-1] + 1))
             assert strat.floats_stored() == k * 64 + sum(blk.addressing.numel() for blk in strat.blocks)
             assert strat.floats_stored() <= strat.budget_floats(task.classes[-1] + 1)
+            # the memory a file holds is the run's memory itself: same recalls, same stored floats
+            exported = strat.final_memory()
+            x, y = exported.recall()
+            assert torch.equal(x, ts.images) and torch.equal(y, ts.labels)
+            assert exported.floats_stored() == strat.floats_stored()
+            assert exported.class_slot_counts() == [blk.addressing.shape[0] for blk in strat.blocks
+                                                    for _ in range(blk.addressing.shape[1])]
 
 
 def test_old_classes_are_trained_only_on_recalls_of_the_frozen_copy(monkeypatch):
@@ -418,10 +425,11 @@ def test_cli_shared_fixed_total_writes_a_normal_memory_file(tmp_path, data_root,
     assert "split benchmark of one dataset" in capsys.readouterr().err
 
 
-def test_ragged_memory_is_saved_as_a_uniform_file_within_the_budget(tmp_path, data_root, capsys):
-    """The default ragged layout's ``--save-memory``: every class keeps the newest classes'
-    slot count (a subset of its own slots, zero on the bases added after it), the file
-    stays within the budget, says so on stderr, and ``evaluate`` reads it."""
+def test_ragged_memory_is_saved_as_the_run_held_it(tmp_path, data_root):
+    """The default ragged layout's ``--save-memory`` writes the run's memory itself: each
+    class with its own slot count (98 for task 1's classes ... 19 for task 5's) on the
+    bases that existed when it arrived, exactly the run's stored floats, and
+    ``evaluate``, ``show`` and ``derive`` read it."""
     from memdistill.cli import main
 
     out, mem = tmp_path / "run.json", tmp_path / "r.safetensors"
@@ -429,17 +437,29 @@ def test_ragged_memory_is_saved_as_a_uniform_file_within_the_budget(tmp_path, da
                  "--iterations", "1", "--set", "inner.steps=2", "--set", "inner.width=8", "--set",
                  "outer.pool_size=0", "--steps", "3", "--width", "8", "--test-per-class", "5", "--root",
                  str(data_root), "--out", str(out), "--save-memory", str(mem), "--no-progress"]) == 0
-    assert "saved with 19 slots for every class (the run held 98, 49, 32, 24, 19" in capsys.readouterr().err
     mf = load_memory(mem)
     saved = json.loads(out.read_text())["results"][0]
-    assert mf.memory.slots == 19 and mf.memory.tensors["bases"].shape[0] == 20
-    assert mf.memory.floats_stored() <= saved["budget_floats"][-1] == 7840
+    assert mf.memory.ragged and mf.memory.slots == 98 and mf.memory.tensors["bases"].shape[0] == 20
+    assert mf.memory.floats_stored() == saved["floats_stored"][-1] <= saved["budget_floats"][-1] == 7840
+    assert mf.meta["budget"]["floats_stored"] == saved["floats_stored"][-1]
     order = list(create_benchmark("split-mnist", root=data_root).class_order)
-    first_task = [order[0], order[1]]  # dataset classes of task 1: they address the first 4 bases only
-    assert torch.all(mf.memory.tensors["addressing"][:, first_task, 4:] == 0)
+    held = mf.meta["extra"]["continual"]["run_slots_per_task"]
+    assert held == [98, 49, 32, 24, 19]
+    for t in range(5):
+        for o in order[2 * t: 2 * t + 2]:  # dataset class o arrived with task t: 4 (t + 1) bases
+            assert mf.memory.class_slots[o] == held[t] and mf.memory.class_bases[o] == 4 * (t + 1)
+            assert len(mf.recall(classes=[o])[0]) == held[t]
+    assert len(mf.recall()[0]) == mf.memory.report().examples == 2 * sum(held)
+    assert mf.memory.query_slots == 19 and mf.recall(query=torch.eye(10)[order[0]])[0].shape[0] == 19
     assert mf.meta["extra"]["continual"]["shared_layout"] == "ragged"
+    ev = tmp_path / "e.json"
     assert main(["evaluate", str(mem), "--runs", "1", "--epochs", "1", "--width", "8", "--root", str(data_root),
-                 "--out", str(tmp_path / "e.json"), "--no-progress"]) == 0
+                 "--out", str(ev), "--no-progress"]) == 0
+    record = json.loads(ev.read_text())
+    assert record["examples"] == 2 * sum(held) and record["reference_ipc"] == 1
+    assert main(["show", str(mem), "--png", str(tmp_path / "m.png")]) == 0
+    assert main(["derive", str(mem), "--task", "odd-even", "--out", str(tmp_path / "d.safetensors"), "--no-real",
+                 "--epochs", "1", "--width", "8", "--root", str(data_root), "--no-progress"]) == 0
 
 
 def test_saved_shared_memory_rows_follow_the_dataset_class_order(tmp_path):

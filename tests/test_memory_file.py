@@ -345,3 +345,69 @@ def test_equal_storage_reference_uses_the_recorded_budget(tmp_path):
     save_memory(tmp_path / "b.safetensors", mem, **common)
     assert reference_ipc(load_memory(tmp_path / "a.safetensors")) == 10
     assert reference_ipc(load_memory(tmp_path / "b.safetensors")) == 9
+
+
+# ------------------------------------------------------------------- ragged bases
+def _ragged(slots=(3, 3, 2, 1), bases=(2, 2, 4, 4)):
+    """A 4-class bases memory where class c holds ``slots[c]`` slots on its first
+    ``bases[c]`` of 4 bases (zero elsewhere), like a continual run's shared memory."""
+    g = torch.Generator().manual_seed(0)
+    addressing = torch.zeros(max(slots), 4, 4)
+    for c, (r, k) in enumerate(zip(slots, bases)):
+        addressing[:r, c, :k] = torch.randn(r, k, generator=g)
+    from memdistill.memory import BasesMemory
+
+    return BasesMemory({"bases": torch.randn(4, 1, 4, 4, generator=g), "addressing": addressing}, (1, 8, 8), 4,
+                       max(slots), class_slots=list(slots), class_bases=list(bases))
+
+
+def test_ragged_bases_memory_recalls_each_class_its_own_slots_and_counts_only_them(tmp_path):
+    m = _ragged()
+    assert m.ragged and m.class_slot_counts() == [3, 3, 2, 1] and m.query_slots == 1
+    x, y = m.recall()
+    assert x.shape == (9, 1, 8, 8) and y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 3]
+    full = m.recall_from(m.tensors, torch.tensor([2, 2]), torch.tensor([0, 1]))[0]
+    assert torch.equal(m.recall(classes=[2])[0], full)
+    assert m.floats_stored() == 4 * 16 + (3 * 2 + 3 * 2 + 2 * 4 + 1 * 4)  # the padding is not stored
+    assert m.report().examples == 9
+    assert m.recall(query=torch.tensor([0.5, 0.5, 0.0, 0.0]))[0].shape == (1, 1, 8, 8)  # slots all classes hold
+
+    f = load_memory(_save(tmp_path / "r.safetensors", m))
+    assert f.memory.ragged and f.memory.class_slots == [3, 3, 2, 1] and f.memory.class_bases == [2, 2, 4, 4]
+    assert torch.equal(f.recall()[0], x) and f.memory.floats_stored() == m.floats_stored()
+    assert f.meta["budget"]["floats_stored"] == m.floats_stored()
+    render_memory(f, tmp_path / "r.png")
+    assert len(export_png(f, tmp_path / "pngs")) == 5
+
+    # the same counts for every class is the plain layout
+    plain = _ragged(slots=(2, 2, 2, 2), bases=(4, 4, 4, 4))
+    assert not plain.ragged and "class_slots" not in plain.options()
+
+
+def test_bad_ragged_layouts_are_refused(tmp_path):
+    from memdistill.distill import Distiller
+    from memdistill.memory import BasesMemory
+
+    m = _ragged()
+    t = m.tensors
+    with pytest.raises(ConfigError, match=r"class_slots must be 4 integers in \[1, 3\]"):
+        BasesMemory(t, (1, 8, 8), 4, 3, class_slots=[3, 3, 2, 0], class_bases=[2, 2, 4, 4])
+    with pytest.raises(ConfigError, match=r"class_bases must be 4 integers in \[1, 4\]"):
+        BasesMemory(t, (1, 8, 8), 4, 3, class_slots=[3, 3, 2, 1], class_bases=[2, 2, 4, 5])
+    with pytest.raises(ConfigError, match="needs both class_slots and class_bases"):
+        BasesMemory(t, (1, 8, 8), 4, 3, class_slots=[3, 3, 2, 1])
+    with pytest.raises(ConfigError, match="must be zero outside each class's first"):
+        BasesMemory(t, (1, 8, 8), 4, 3, class_slots=[3, 3, 2, 1], class_bases=[1, 2, 4, 4])
+    with pytest.raises(ConfigError, match="init_from_real is not defined for a ragged"):
+        m.init_from_real(None, torch.Generator())
+    with pytest.raises(ConfigError, match="cannot distill from a ragged memory"):
+        from memdistill.config import resolve
+
+        Distiller(resolve("cpu-quick", "mnist", 1), None, initial_memory=m)
+
+    # a file whose layout does not fit its tensors
+    tensors, meta = _read_raw(_save(tmp_path / "r.safetensors", m))
+    meta["options"]["class_bases"] = [1, 2, 4, 4]
+    _write_raw(tmp_path / "bad.safetensors", tensors, meta)
+    with pytest.raises(IntegrityError, match="invalid memory layout: .*must be zero outside"):
+        load_memory(tmp_path / "bad.safetensors")

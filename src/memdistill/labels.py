@@ -167,7 +167,12 @@ class LabelSpace:
 
     def class_examples(self, memory) -> tuple[torch.Tensor, torch.Tensor]:
         """Every slot of every original class, detached: ``(C*r, C, H, W)`` images and
-        ``(C*r,)`` class indices (for evaluation on the original classes)."""
+        ``(C*r,)`` class indices (for evaluation on the original classes); a ragged memory
+        gives each class its own slots (:meth:`~memdistill.memory.Memory.recall`)."""
+        if memory.ragged:
+            if not self.is_onehot or self.width != memory.num_classes:
+                raise ConfigError("a ragged memory is one-hot over its classes; this label space is not")
+            return memory.recall()
         C, r = self.num_classes, memory.slots
         with torch.no_grad():
             x = memory.query_from(memory.tensors, self.table[:C].to(memory.parameters()[0]))
@@ -352,9 +357,14 @@ def reference_ipc(mem_file) -> int:
     for a memory file: the storage budget its run was distilled under (``budget_ipc``,
     whole images, at least one), which the memory's stored floats may fall just short of
     (at budget 10 a ``bases`` memory stores slightly under 10 images' floats, and a floor
-    of its floats would give the reference only 9). A file that does not record its
-    configuration falls back to the whole images its floats hold."""
+    of its floats would give the reference only 9). A continual run's shared memory
+    records its budget under ``extra.continual`` (images per class, unless the total was
+    given in floats). A file that records neither falls back to the whole images its
+    floats hold."""
     budget = ((mem_file.meta.get("config") or {}).get("memory") or {}).get("budget_ipc")
+    continual = (mem_file.meta.get("extra") or {}).get("continual") or {}
+    if budget is None and continual.get("budget_total") is None:
+        budget = continual.get("budget_ipc")
     if budget is not None:
         return max(1, int(math.floor(float(budget) + 1e-9)))
     c, h, w = mem_file.image_shape

@@ -142,7 +142,7 @@ def recall_query(mem_file, query: torch.Tensor) -> torch.Tensor:
     q = torch.as_tensor(query)
     x, _ = mem_file.recall(query=q)
     n = 1 if q.ndim == 1 else q.shape[0]
-    return x.view(n, mem_file.slots, *mem_file.image_shape)
+    return x.view(n, mem_file.memory.query_slots, *mem_file.image_shape)
 
 
 # ---------------------------------------------------------------------- pictures
@@ -156,7 +156,7 @@ def render_queries(mem_file, specs: Sequence[str], path, per_query: int = 10):
     if per_query < 1:
         raise ConfigError(f"per_query must be >= 1, got {per_query}")
     q = torch.stack([parse_query(mem_file, s) for s in specs])
-    n = min(per_query, mem_file.slots)
+    n = min(per_query, mem_file.memory.query_slots)
     x = recall_query(mem_file, q)[:, :n]
     pixels = mem_file.to_pixels(x.flatten(0, 1))
     title = f"{mem_file.dataset}: recalled examples of {len(specs)} quer{'y' if len(specs) == 1 else 'ies'}"
@@ -171,7 +171,7 @@ def render_interpolation(mem_file, a: str | int, b: str | int, steps: int, path,
     if rows < 1:
         raise ConfigError(f"rows must be >= 1, got {rows}")
     q = interpolation_queries(mem_file, a, b, steps)
-    k = min(rows, mem_file.slots)
+    k = min(rows, mem_file.memory.query_slots)
     x = recall_query(mem_file, q)[:, :k]  # (steps, k, C, H, W)
     pixels = mem_file.to_pixels(x.transpose(0, 1).flatten(0, 1))
     space = _space(mem_file)

@@ -56,7 +56,7 @@ def render_memory(mem_file: "MemoryFile", path: str | Path, max_per_class: int =
     if max_per_class < 1:
         raise ConfigError(f"max_per_class must be >= 1, got {max_per_class}")
     memory = mem_file.memory
-    per_class = min(mem_file.slots, max_per_class)
+    per_class = min(memory.query_slots, max_per_class)  # slots every class holds (a ragged memory: the fewest)
     with torch.no_grad():
         classes = torch.arange(mem_file.num_classes).repeat_interleave(per_class)
         slots = torch.arange(per_class).repeat(mem_file.num_classes)
@@ -72,8 +72,10 @@ def render_memory(mem_file: "MemoryFile", path: str | Path, max_per_class: int =
         sections.append((_mosaic(bases, ncol), labels, h))
     names = [f"{c}: {n}" if len(n) <= 24 else f"{c}: {n[:23]}…" for c, n in enumerate(mem_file.classes)]
     sections.append((_mosaic(examples, per_class), names, h))
+    counts = memory.class_slot_counts()
+    held = f"{min(counts)}-{max(counts)}" if memory.ragged else f"{mem_file.slots}"
     title = (f"{mem_file.kind} memory of {mem_file.dataset}: {mem_file.num_classes} classes x "
-             f"{mem_file.slots} recalled (showing {per_class})")
+             f"{held} recalled (showing {per_class})")
     return _write(_figure(sections, title), path)
 
 
@@ -111,9 +113,9 @@ def export_png(mem_file: "MemoryFile", folder: str | Path) -> list[Path]:
                                    title=f"{len(bases)} bases ({mem_file.dataset})"))
     for c, name in enumerate(mem_file.classes):
         x, _ = mem_file.recall(classes=[c])
-        written.append(render_grid(mem_file.to_pixels(x), min(mem_file.slots, 10),
+        written.append(render_grid(mem_file.to_pixels(x), min(len(x), 10),
                                    folder / f"class-{c:03d}-{_file_safe(name)}.png",
-                                   title=f"class {c}: {name} ({mem_file.slots} recalled)"))
+                                   title=f"class {c}: {name} ({len(x)} recalled)"))
     return written
 
 

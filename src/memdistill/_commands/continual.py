@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -37,14 +36,13 @@ def add_arguments(cl: argparse.ArgumentParser) -> None:
     cl.add_argument("--shared-layout", choices=["ragged", "dense"], default="ragged",
                     help="shared: ragged (default: each class addresses the bases that existed when it arrived; "
                          "earlier classes keep their recalls) or dense (every class addresses every basis, the "
-                         "whole memory re-distilled with replay; --save-memory writes it as it is, while a ragged "
-                         "memory is saved with the newest classes' slot count for every class)")
+                         "whole memory re-distilled with replay)")
     cl.add_argument("--distill-seconds", type=float,
                     help="wall-time limit of each task's distillation (memories, images, shared)")
     cl.add_argument("--save-memory", metavar="FILE.safetensors",
                     help="write the final memory of the shared strategy as a memory file (split benchmarks of one "
-                         "dataset; rows in the dataset's class order; ragged: every class with the newest "
-                         "classes' slot count): memdistill evaluate/show/derive read it")
+                         "dataset; rows in the dataset's class order; ragged: each class with its own slot and "
+                         "basis counts, as the run held it): memdistill evaluate/show/derive read it")
     cl.add_argument("--preset", default="cpu-quick", help="distillation preset: cpu-quick | cpu | paper")
     cl.add_argument("--iterations", type=int, help="outer distillation iterations per task (overrides the preset)")
     cl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a distillation option")
@@ -153,16 +151,12 @@ def cmd_continual(args: argparse.Namespace) -> int:
 
 
 def _save_shared(save: Path, shared, bench, extra: dict) -> None:
-    """Write the ``shared`` result's memory to ``save`` (a ragged run's uniform copy, said on stderr)."""
+    """Write the ``shared`` result's memory to ``save`` (a ragged run's memory with its
+    per-class slot counts, as the run held it)."""
     from ..continual import save_shared_memory
 
     if extra["shared_layout"] == "ragged":
-        held = shared.task_info[-1]["slots_per_class"]
-        extra["run_slots_per_task"] = held
-        print(f"note: the ragged memory is saved with {shared.memory.slots} slots for every class (the run held "
-              f"{', '.join(map(str, held))} per class of tasks 1-{len(held)}; each class keeps a random subset, "
-              "zero on the bases added after it): use --shared-layout dense for a file that is the run's "
-              "memory itself", file=sys.stderr)
+        extra["run_slots_per_task"] = shared.task_info[-1]["slots_per_class"]
     save_shared_memory(save, shared.memory, bench, extra=extra)
 
 

@@ -482,30 +482,32 @@ class SharedStrategy(Strategy):
         return 0 if self.memory is None else self.memory.floats_stored()
 
     def final_memory(self):
-        """The memory a memory file can hold: ``dense``, the memory itself; ``ragged``,
-        :meth:`uniform_memory`."""
-        return self.uniform_memory() if self.ragged else self.memory
+        """The memory a memory file holds: ``dense``, the memory itself; ``ragged``,
+        :meth:`ragged_memory`."""
+        return self.ragged_memory() if self.ragged else self.memory
 
-    def uniform_memory(self) -> BasesMemory | None:
-        """The ``ragged`` memory as an ordinary ``bases`` memory (same slots and bases for
-        every class, what a memory file holds): every class keeps as many slots as the
-        newest classes hold (a random subset of its own, :func:`evict_slots`, drawn from
-        ``seed``), its addressing zero on the bases added after it arrived. Lossy: the
-        earlier classes drop slots they hold in the run; never above the budget (a class's
-        ``r_min * K`` floats are at most its share). ``None`` before the first task."""
+    def ragged_memory(self) -> BasesMemory | None:
+        """The ``ragged`` memory as one :class:`~memdistill.memory.BasesMemory` with
+        per-class slot and basis counts (``class_slots``, ``class_bases``): every class
+        keeps all its slots, on the bases that existed when it arrived; the addressing is
+        zero-padded to ``(r_max, L, K)``, and the padding is not counted. It recalls
+        exactly what the run trains its classifier on (:meth:`training_set`) and stores
+        exactly :meth:`floats_stored`. ``None`` before the first task."""
         if not self.ragged:
-            raise ConfigError("uniform_memory is the ragged layout's export; the dense layout's memory is .memory")
+            raise ConfigError("ragged_memory is the ragged layout's export; the dense layout's memory is .memory")
         if not self.blocks:
             return None
         k = self.bases.shape[0]
-        r = min(b.addressing.shape[0] for b in self.blocks)
-        g = torch.Generator().manual_seed(int(self.options.seed))
-        rows = []
+        r = max(b.addressing.shape[0] for b in self.blocks)
+        rows, class_slots, class_bases = [], [], []
         for block in self.blocks:
-            kept = block.addressing if block.addressing.shape[0] == r else evict_slots(block.addressing, r, g)
-            rows.append(F.pad(kept, (0, k - block.addressing.shape[2])))
+            r_j, n, k_j = block.addressing.shape
+            rows.append(F.pad(block.addressing, (0, k - k_j, 0, 0, 0, r - r_j)))
+            class_slots += [r_j] * n
+            class_bases += [k_j] * n
         addressing = torch.cat(rows, dim=1)
-        return BasesMemory({"bases": self.bases, "addressing": addressing}, self.image_shape, addressing.shape[1], r)
+        return BasesMemory({"bases": self.bases, "addressing": addressing}, self.image_shape, addressing.shape[1], r,
+                           class_slots=class_slots, class_bases=class_bases)
 
 
 def check_memory_export(benchmark: Benchmark) -> None:
@@ -532,8 +534,10 @@ def save_shared_memory(path: str | Path, memory: BasesMemory, benchmark: Benchma
         raise ConfigError(f"the memory covers {memory.num_classes} of the {len(order)} classes; save it after the "
                           "last task")
     inv = torch.argsort(torch.tensor(order))  # inv[o]: the row of original class o
+    layout = {} if not memory.ragged else {"class_slots": [memory.class_slots[int(i)] for i in inv],
+                                           "class_bases": [memory.class_bases[int(i)] for i in inv]}
     out = BasesMemory({"bases": memory.tensors["bases"], "addressing": memory.tensors["addressing"][:, inv]},
-                      memory.image_shape, memory.num_classes, memory.slots)
+                      memory.image_shape, memory.num_classes, memory.slots, **layout)
     train = benchmark.train
     names = [benchmark.class_names[int(i)] for i in inv]
     record = {"continual": {"benchmark": benchmark.name, "class_order": order, **(extra or {})}}

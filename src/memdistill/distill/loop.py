@@ -194,6 +194,10 @@ class Distiller:
                  initial_memory: Memory | None = None, dist: DistContext | None = None):
         self.config = config.validate()
         self.dist = dist or single_process()
+        if initial_memory is not None and initial_memory.ragged:
+            raise ConfigError("cannot distill from a ragged memory (classes with their own slot counts, the "
+                              "'ragged' shared memory of a continual run): the outer loop recalls every slot of "
+                              "every class; start from a memory with the same slots for every class")
         self.initial_memory = initial_memory
         self.device = torch.device(device)
         self.train, self.val = train_val_split(train, config.evaluation.val_fraction, seed=config.seed)

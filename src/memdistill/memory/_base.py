@@ -190,6 +190,23 @@ class Memory:
             return {"learned_labels": False}
         return {"learned_labels": True, "label_temperature": self.label_temperature}
 
+    # ---- slots per class: the same ``r`` for every class, unless a type says otherwise
+    @property
+    def ragged(self) -> bool:
+        """Whether classes hold different numbers of slots (:meth:`class_slot_counts`)."""
+        return False
+
+    def class_slot_counts(self) -> list[int]:
+        """Examples recalled for each class: ``slots`` for every class here; a ragged
+        memory (:class:`~memdistill.memory.BasesMemory` with ``class_slots``) holds
+        ``slots`` for some classes and fewer for others."""
+        return [self.slots] * self.num_classes
+
+    @property
+    def query_slots(self) -> int:
+        """Examples a query recalls: the slots every class holds (``slots`` unless ragged)."""
+        return self.slots
+
     def floats_stored(self) -> int:
         return int(sum(t.numel() for t in self.tensors.values()))
 
@@ -201,7 +218,7 @@ class Memory:
         return MemoryReport(
             floats_stored=floats,
             bytes_on_disk=nbytes,
-            examples=self.slots * self.num_classes,
+            examples=sum(self.class_slot_counts()),
             compression_ratio=(dataset_bytes / nbytes) if train_size else float("nan"),
         )
 
@@ -211,10 +228,12 @@ class Memory:
         """Recall examples (detached).
 
         ``recall()``: every slot of every class, ``(L*r, C, H, W)`` and targets:
-        ``(L*r,)`` class indices, or with learned labels ``(L*r, L)`` distributions.
+        ``(L*r,)`` class indices, or with learned labels ``(L*r, L)`` distributions
+        (a ragged memory: each class's own slots, :meth:`class_slot_counts`, in class order).
         ``recall(classes=[3, 5])``: those classes only.
         ``recall(query=q)``: ``q`` of shape ``(L,)`` or ``(Q, L)``; returns
-        ``(Q*r, C, H, W)`` images and the query repeated per slot as ``(Q*r, L)`` targets.
+        ``(Q*r, C, H, W)`` images and the query repeated per slot as ``(Q*r, L)`` targets
+        (``r`` = :attr:`query_slots`).
         """
         with torch.no_grad():
             if query is not None:
@@ -229,10 +248,15 @@ class Memory:
                 if not torch.isfinite(q).all():
                     raise ConfigError("the query contains NaN or Inf")
                 x = self.query_from(self.tensors, q)
-                return x.flatten(0, 1), q.repeat_interleave(self.slots, dim=0)
+                return x.flatten(0, 1), q.repeat_interleave(self.query_slots, dim=0)
             cls = torch.arange(self.num_classes) if classes is None else torch.as_tensor(classes, dtype=torch.long)
             if cls.numel() and (int(cls.min()) < 0 or int(cls.max()) >= self.num_classes):
                 raise ConfigError(f"classes must be in [0, {self.num_classes - 1}], got {cls.tolist()}")
-            c = cls.repeat_interleave(self.slots)
-            s = torch.arange(self.slots).repeat(len(cls))
+            if not self.ragged:
+                c = cls.repeat_interleave(self.slots)
+                s = torch.arange(self.slots).repeat(len(cls))
+            else:
+                counts = torch.tensor(self.class_slot_counts(), dtype=torch.long)[cls]
+                c = cls.repeat_interleave(counts)
+                s = torch.cat([torch.arange(int(n)) for n in counts]) if len(cls) else torch.zeros(0, dtype=torch.long)
             return self.recall_from(self.tensors, c, s)

@@ -9,6 +9,10 @@ Layout (format ``memdistill-memory``, version 2):
 - tensors ``zca.<name>``: :meth:`ZCAWhitening.state_dict` when the data was whitened;
 - metadata key ``memdistill``: one JSON document (kind, options, shapes, tensor
   manifest, dataset, class names, mean/std, budget figures, config, metrics, date).
+  A ragged ``bases`` memory (a continual run's shared memory, classes with their own
+  slot and basis counts) records them as ``options.class_slots`` and
+  ``options.class_bases``; its ``slots`` is the most a class holds, and the addressing's
+  zero padding is checked on load.
 
 The container (format header, JSON and finiteness checks, atomic write, header-only
 reading: nothing in a file is ever executed or unpickled) is shared with derived
@@ -192,7 +196,12 @@ def load_memory(path: str | Path) -> "MemoryFile":
                 for name, shape in meta["tensors"].items()}
     check_tensors(path, tensors, expected, unexpected=stray)
 
-    memory = cls(tensors, image_shape, num_classes, slots, label_temperature=_label_temperature(meta, path))
+    layout = {k: meta["options"][k] for k in getattr(cls, "layout_options", ()) if k in meta["options"]}
+    try:
+        memory = cls(tensors, image_shape, num_classes, slots, label_temperature=_label_temperature(meta, path),
+                     **layout)
+    except ConfigError as err:  # a ragged layout that does not fit the tensors
+        raise IntegrityError(f"{path}: invalid memory layout: {err}") from None
     _probe(memory, meta, path)
     zca = _load_zca(zca_state, meta, image_shape, path)
     return MemoryFile(memory, meta, zca=zca, path=path)
@@ -247,6 +256,7 @@ def _probe(memory: Memory, meta: dict, path: Path) -> None:
     """Check the tensors agree with ``image_shape``, ``num_classes`` and ``slots`` by
     recalling the last class and a one-hot query of it (cheap, works for every type)."""
     L, r, shape = memory.num_classes, memory.slots, memory.image_shape
+    r_last, r_query = memory.class_slot_counts()[-1], memory.query_slots
     try:
         x, y = memory.recall(classes=[L - 1])
         xq, _ = memory.recall(query=torch.eye(L)[L - 1])
@@ -255,8 +265,8 @@ def _probe(memory: Memory, meta: dict, path: Path) -> None:
         raise IntegrityError(
             f"{path}: the tensors do not fit image_shape {shape}, {L} classes and {r} slots ({err})"
         ) from None
-    if (tuple(x.shape) != (r, *shape) or tuple(xq.shape) != (r, *shape)
-            or tuple(y.shape) not in ((r,), (r, L))):
+    if (tuple(x.shape) != (r_last, *shape) or tuple(xq.shape) != (r_query, *shape)
+            or tuple(y.shape) not in ((r_last,), (r_last, L))):
         raise IntegrityError(
             f"{path}: the tensors do not fit image_shape {shape}, {L} classes and {r} slots "
             f"(recall gave {tuple(x.shape)}, a query {tuple(xq.shape)}, targets {tuple(y.shape)})"

@@ -117,13 +117,87 @@ class BasesMemory(Memory):
     ``up(q^T A_i B)`` (bilinear upsampling to ``H x W``); with learned labels the
     ``i``-th example of class ``c`` is trained towards
     ``softmax(label_logits[i, c] / label_temperature)``.
+
+    **Ragged** (``class_slots`` and ``class_bases``, one integer per class; the shared
+    memory of a continual run, where a class addresses the bases that existed when it
+    arrived): class ``c`` holds its first ``class_slots[c]`` slots, each addressing its
+    first ``class_bases[c]`` bases; ``addressing`` is padded with zeros to ``(r, L, K)``
+    (``r`` = the most slots a class holds, checked to be zero outside each class's
+    block) and the padding is not stored in the budget: :meth:`floats_stored` is
+    ``K*C*h*w + sum_c class_slots[c] * class_bases[c]``. :meth:`recall` gives each class
+    its own slots; a query recalls the slots every class holds (:attr:`query_slots`).
+    Without learned labels only, and not distilled further (the outer loop would move
+    the padding).
     """
 
     kind = "bases"
+    layout_options = ("class_slots", "class_bases")
+
+    def __init__(self, tensors, image_shape, num_classes: int, slots: int, label_temperature: float = 1.0, *,
+                 class_slots=None, class_bases=None):
+        super().__init__(tensors, image_shape, num_classes, slots, label_temperature=label_temperature)
+        self.class_slots, self.class_bases = self._check_layout(class_slots, class_bases)
+
+    def _check_layout(self, class_slots, class_bases) -> tuple[list[int] | None, list[int] | None]:
+        """The ragged layout as two lists, or ``(None, None)`` when every class holds every
+        slot and basis (a ragged layout that is not ragged is the plain one)."""
+        if class_slots is None and class_bases is None:
+            return None, None
+        if class_slots is None or class_bases is None:
+            raise ConfigError("a ragged bases memory needs both class_slots and class_bases (one integer per class)")
+        k = int(self.tensors["bases"].shape[0])
+        out = []
+        for name, values, top in (("class_slots", class_slots, self.slots), ("class_bases", class_bases, k)):
+            vals = values.tolist() if isinstance(values, torch.Tensor) else list(values)
+            if (len(vals) != self.num_classes or
+                    not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= top for v in vals)):
+                raise ConfigError(f"{name} must be {self.num_classes} integers in [1, {top}] (one per class), "
+                                  f"got {values!r}")
+            out.append(list(vals))
+        slots_c, bases_c = out
+        if all(v == self.slots for v in slots_c) and all(v == k for v in bases_c):
+            return None, None
+        if self.learned_labels:
+            raise ConfigError("a ragged bases memory cannot have learned labels")
+        a = self.tensors["addressing"]
+        if tuple(a.shape[:2]) != (self.slots, self.num_classes) or max(slots_c) != self.slots:
+            raise ConfigError(f"a ragged bases memory's addressing is (r, L, K) with r = the most slots a class "
+                              f"holds ({max(slots_c)}) and L = {self.num_classes}; got {tuple(a.shape)} and "
+                              f"slots={self.slots}")
+        outside = torch.ones(a.shape, dtype=torch.bool)
+        for c, (r_c, k_c) in enumerate(zip(slots_c, bases_c)):
+            outside[:r_c, c, :k_c] = False
+        if bool((a.detach()[outside] != 0).any()):
+            raise ConfigError("a ragged bases memory's addressing must be zero outside each class's first "
+                              "class_slots slots and class_bases bases")
+        return slots_c, bases_c
+
+    @property
+    def ragged(self) -> bool:
+        return self.class_slots is not None
+
+    def class_slot_counts(self) -> list[int]:
+        return list(self.class_slots) if self.ragged else super().class_slot_counts()
+
+    @property
+    def query_slots(self) -> int:
+        return min(self.class_slots) if self.ragged else self.slots
+
+    def floats_stored(self) -> int:
+        if not self.ragged:
+            return super().floats_stored()
+        return int(self.tensors["bases"].numel() + sum(r * k for r, k in zip(self.class_slots, self.class_bases)))
 
     def options(self) -> dict[str, Any]:
+        layout = {} if not self.ragged else {"class_slots": list(self.class_slots),
+                                             "class_bases": list(self.class_bases)}
         return {**self.label_options(), "num_bases": int(self.tensors["bases"].shape[0]),
-                "downsample": self.downsample}
+                "downsample": self.downsample, **layout}
+
+    def _refuse_ragged(self, what: str) -> None:
+        if self.ragged:
+            raise ConfigError(f"{what} is not defined for a ragged bases memory (classes with their own slot "
+                              "counts); it is recalled and evaluated as it is")
 
     @property
     def downsample(self) -> int:
@@ -150,6 +224,7 @@ class BasesMemory(Memory):
         """Bases from the principal directions of real images, addressing from the
         least-squares coefficients of ``r`` real images per class (see
         :meth:`Memory.init_from_real`)."""
+        self._refuse_ragged("init_from_real")
         bases = self.tensors["bases"]
         bases, coeff = _pca_init(real, self.slots, bases.shape[0], tuple(bases.shape[2:]), generator)  # (r, C, K)
         if mix is not None:
@@ -165,6 +240,7 @@ class BasesMemory(Memory):
         Returns:
             the target images ``(L, r, C, H, W)`` the addressing was fitted to.
         """
+        self._refuse_ragged("refit_addressing")
         if real.num_classes != self.num_classes:
             raise ConfigError(f"refit_addressing needs real data of the memory's {self.num_classes} classes, "
                               f"got {real.num_classes}")
@@ -188,7 +264,8 @@ class BasesMemory(Memory):
 
     def query_from(self, tensors, q):
         bases = tensors["bases"]
-        coeff = torch.einsum("ql,rlk->qrk", q, tensors["addressing"])
+        addressing = tensors["addressing"][: self.query_slots] if self.ragged else tensors["addressing"]
+        coeff = torch.einsum("ql,rlk->qrk", q, addressing)
         low = (coeff.flatten(0, 1) @ bases.flatten(1)).view(-1, *bases.shape[1:])
         return self._up(low).view(q.shape[0], -1, *self.image_shape)
 
