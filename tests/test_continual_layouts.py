@@ -63,3 +63,15 @@ def test_overview_only_prints_the_overview_and_no_section(tmp_path, capsys):
     assert not any(line.startswith("###") for line in out) and not list(tmp_path.iterdir())
     tables.main(["--img", str(tmp_path), str(src)])
     assert "### split-mnist" in capsys.readouterr().out
+
+
+def test_split_fashion_tries_table_is_the_json_rendered():
+    """docs/CONTINUAL.md's table of the Split Fashion-MNIST tries is what
+    ``bench/continual_val_table.py`` renders from the committed runs, all on the
+    validation split."""
+    mod = load_script("continual_val_table")
+    folder = ROOT / "docs" / "bench" / "continual_val_fashion"
+    for path in sorted(folder.glob("*.json")):
+        assert '"--validation"' in path.read_text(), path.name
+    committed = doc_block((ROOT / "docs" / "CONTINUAL.md").read_text(), "continual_val_fashion")
+    assert mod.table(mod.load(folder)) == committed

@@ -269,6 +269,44 @@ def test_ragged_tasks_keep_earlier_bases_and_recalls_bit_for_bit(monkeypatch):
                                                     for _ in range(blk.addressing.shape[1])]
 
 
+def test_subspace_views_add_each_class_projected_onto_the_earlier_spans():
+    """``subspace_views``: the classifier's training set is every block's recalls plus,
+    for each block, its recalls projected onto the first ``k`` bases for every smaller
+    span ``k`` an earlier block addresses; each projection lies in that span (projecting
+    again changes nothing), labels are the class's; the stored memory is unchanged."""
+    b = _synthetic_benchmark(classes=6, tasks=3)
+    runs = {}
+    for views in (False, True):
+        strat = create_strategy("shared", budget_ipc=2, subspace_views=views,
+                                distill_overrides={**TINY_DISTILL, "outer.iterations": 0})
+        strat.begin(b)
+        for task in b.stream():
+            strat.learn_task(task.index, task.classes, task.train)
+        runs[views] = (strat, strat.training_set(None))
+    (plain, ts0), (viewed, ts1) = runs[False], runs[True]
+    assert torch.equal(plain.bases, viewed.bases) and plain.floats_stored() == viewed.floats_stored()
+    spans = [blk.addressing.shape[2] for blk in viewed.blocks]
+    assert len(set(spans)) == 3  # each task brought bases of its own
+    sizes = [blk.addressing.shape[0] * blk.addressing.shape[1] for blk in viewed.blocks]
+    assert len(ts1.labels) == sum(n * (1 + sum(k < kj for k in spans)) for n, kj in zip(sizes, spans))
+    x, y = ts1.images, ts1.labels
+    at = 0
+    for j, (blk, n) in enumerate(zip(viewed.blocks, sizes)):
+        own, labels = x[at:at + n], y[at:at + n]
+        assert torch.equal(own, blk.memory(viewed.bases, b.image_shape).recall()[0])
+        at += n
+        for k in (k for k in spans if k < spans[j]):
+            view = x[at:at + n]
+            assert torch.equal(y[at:at + n], labels)
+            assert torch.allclose(shared_mod.project_onto_bases(view, viewed.bases[:k]), view, atol=1e-4)
+            assert not torch.allclose(view, own, atol=1e-3)  # a real projection, not a copy
+            at += n
+    assert at == len(y)
+    assert sorted(set(y.tolist())) == sorted(set(ts0.labels.tolist()))
+    with pytest.raises(ConfigError, match="subspace_views applies to the 'ragged' shared layout only"):
+        StrategyOptions(shared_layout="dense", subspace_views=True)
+
+
 def test_old_classes_are_trained_only_on_recalls_of_the_frozen_copy(monkeypatch):
     """While task t is current the earlier classes' outer-loss examples are exactly
     the frozen pre-task memory's recalls (never real images), the frozen copy is not

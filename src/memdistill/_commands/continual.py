@@ -37,6 +37,9 @@ def add_arguments(cl: argparse.ArgumentParser) -> None:
                     help="shared: ragged (default: each class addresses the bases that existed when it arrived; "
                          "earlier classes keep their recalls) or dense (every class addresses every basis, the "
                          "whole memory re-distilled with replay)")
+    cl.add_argument("--subspace-views", action="store_true",
+                    help="shared (ragged): the classifier also trains on each class's recalls projected onto the "
+                         "fewer bases earlier classes address (nothing more is stored)")
     cl.add_argument("--distill-seconds", type=float,
                     help="wall-time limit of each task's distillation (memories, images, shared)")
     cl.add_argument("--save-memory", metavar="FILE.safetensors",
@@ -96,6 +99,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     device = str(_device(args.device))
     options = StrategyOptions(budget_ipc=ipc, budget_mode=mode, budget_total=args.budget_total,
                               replay_weight=weight, shared_layout=args.shared_layout,
+                              subspace_views=args.subspace_views,
                               distill_seconds=args.distill_seconds,
                               preset=args.preset, distill_overrides=overrides,
                               num_bases=args.bases or 0, downsample=args.downsample,

@@ -47,7 +47,7 @@ from .benchmarks import Benchmark
 from .strategies import STRATEGIES, Strategy, StrategyOptions, auto_num_bases, local_view
 
 __all__ = ["SharedStrategy", "SharedDistiller", "RaggedDistiller", "RaggedBlock", "ReplaySource", "shared_sizes",
-           "ragged_sizes", "extend_bases", "evict_slots", "grow_memory", "resize_slots", "replay_class_weight",
+           "ragged_sizes", "extend_bases", "evict_slots", "project_onto_bases", "grow_memory", "resize_slots", "replay_class_weight",
            "save_shared_memory", "check_memory_export"]
 
 
@@ -360,6 +360,16 @@ class RaggedBlock:
         return BasesMemory({"bases": bases[:k], "addressing": self.addressing}, image_shape, n, r)
 
 
+def project_onto_bases(images: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
+    """``images`` ``(N, C, H, W)`` projected onto the span of ``bases`` ``(k, C, h, w)``
+    (upsampled bilinearly, as a recall is): the least-squares recall of each image on
+    those bases (:func:`~memdistill.memory.solve_addressing`), in ``images``' dtype."""
+    n = images.shape[0]
+    coeff = solve_addressing(bases, images.unsqueeze(1))  # (1, N, k) float64
+    view = BasesMemory({"bases": bases.double(), "addressing": coeff}, tuple(images.shape[1:]), n, 1)
+    return view.recall()[0].to(images.dtype)
+
+
 # --------------------------------------------------------------------- strategy
 @STRATEGIES.register("shared")
 class SharedStrategy(Strategy):
@@ -470,10 +480,15 @@ class SharedStrategy(Strategy):
         if not self.ragged:
             return TrainingSet(*self.memory.recall())
         xs, ys = [], []
+        spans = sorted({b.addressing.shape[2] for b in self.blocks})
         for block in self.blocks:
             x, y = block.memory(self.bases, self.image_shape).recall()
             xs.append(x)
             ys.append(y + block.first)
+            if self.options.subspace_views:
+                for k in (k for k in spans if k < block.addressing.shape[2]):
+                    xs.append(project_onto_bases(x, self.bases[:k]))
+                    ys.append(y + block.first)
         return TrainingSet(torch.cat(xs), torch.cat(ys))
 
     def floats_stored(self):

@@ -93,6 +93,12 @@ class StrategyOptions:
             their slots and recalls; later classes reuse the earlier bases), or
             ``"dense"``, every class addresses every basis and the whole memory is
             distilled with the frozen copy replaying the earlier classes.
+        subspace_views: ``shared`` with the ``ragged`` layout only: the classifier also
+            trains on each class's recalls projected (least squares) onto the fewer bases
+            every earlier class addresses, so that how many bases a recall spans says
+            nothing of its class (an earlier class's recalls span only the bases that
+            existed when it arrived; real test images span everything). Computed from
+            the memory when the classifier trains; nothing more is stored.
         distill_seconds: wall-time limit of each task's distillation (``memories``,
             ``images``, ``shared``; ``None``: the iteration count alone decides).
         device: where distillation runs.
@@ -104,6 +110,7 @@ class StrategyOptions:
     budget_total: int | None = None
     replay_weight: str | float = "classes"
     shared_layout: str = "ragged"
+    subspace_views: bool = False
     distill_seconds: float | None = None
     preset: str = "cpu-quick"
     distill_overrides: dict[str, Any] = field(default_factory=dict)
@@ -134,6 +141,9 @@ class StrategyOptions:
             raise ConfigError("replay_weight applies to the 'dense' shared layout only (the 'ragged' layout never "
                               "changes an earlier class's recalls, so nothing is replayed); add --shared-layout dense "
                               "or drop --replay-weight")
+        if self.subspace_views and self.shared_layout != "ragged":
+            raise ConfigError("subspace_views applies to the 'ragged' shared layout only (in the 'dense' layout "
+                              "every class spans every basis); drop --subspace-views or --shared-layout dense")
         if self.distill_seconds is not None and not self.distill_seconds > 0:
             raise ConfigError(f"distill_seconds must be > 0 seconds or None, got {self.distill_seconds}")
 
