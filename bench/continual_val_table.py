@@ -46,7 +46,8 @@ def table(runs: dict[str, dict[int, dict[str, float]]]) -> str:
             raise SystemExit(f"setting {setting!r} has orders {sorted(per)}, the table needs {orders}")
         vals = [per[o]["shared"] for o in orders]
         mean = statistics.mean(vals)
-        lines.append(f"| {setting} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {mean:.1f} | {mean - h_mean:+.1f} |")
+        cells = " | ".join(f"{v:.1f}" for v in vals)
+        lines.append(f"| {setting} | {cells} | {mean:.1f} | {mean - h_mean:+.1f} |")
     return "\n".join(lines)
 
 

@@ -47,8 +47,8 @@ from .benchmarks import Benchmark
 from .strategies import STRATEGIES, Strategy, StrategyOptions, auto_num_bases, local_view
 
 __all__ = ["SharedStrategy", "SharedDistiller", "RaggedDistiller", "RaggedBlock", "ReplaySource", "shared_sizes",
-           "ragged_sizes", "extend_bases", "evict_slots", "project_onto_bases", "grow_memory", "resize_slots", "replay_class_weight",
-           "save_shared_memory", "check_memory_export"]
+           "ragged_sizes", "extend_bases", "evict_slots", "project_onto_bases", "grow_memory", "resize_slots",
+           "replay_class_weight", "save_shared_memory", "check_memory_export"]
 
 
 # ------------------------------------------------------------------ sizes
