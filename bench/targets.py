@@ -66,14 +66,32 @@ def run_cell(name: str, args) -> dict[str, Any]:
     distill = ["distill", "--dataset", dataset, "--budget-ipc", f"{budget:g}", "--preset", preset,
                "--seed", str(args.seed), "--out", str(mem)]
     evaluate = ["evaluate", str(mem), "--width", "128", "--runs", str(args.runs), "--out", str(ev)]
-    distill_wall = _run(distill, args.threads)
+    config_file = Path(f"{mem.with_suffix('')}.config.json")
+    reused = args.reuse_memory and mem.exists() and config_file.exists()
+    if reused:  # an earlier run of the same distill command (e.g. one whose evaluation was cut short)
+        distill_wall = _recorded_distill_seconds(mem)
+        print(f"{name}: reusing {mem} (distilled in {distill_wall:.0f} s by its own record)", flush=True)
+    else:
+        distill_wall = _run(distill, args.threads)
     eval_wall = _run(evaluate, args.threads)
-    config = json.loads(Path(f"{mem.with_suffix('')}.config.json").read_text())
-    return {"cell": name, "preset": preset, "dataset": dataset, "budget_ipc": budget, "seed": args.seed,
+    config = json.loads(config_file.read_text())
+    if reused and config.get("seed") != args.seed:
+        raise SystemExit(f"{mem} was distilled with seed {config.get('seed')}, not {args.seed}: drop --reuse-memory")
+    return {"reused_memory": reused, "cell": name, "preset": preset, "dataset": dataset, "budget_ipc": budget, "seed": args.seed,
             "target": TARGETS[(preset, dataset, budget)], "config": config,
             "distill_wall_seconds": distill_wall, "evaluate_wall_seconds": eval_wall,
             "evaluation": json.loads(ev.read_text()), "threads": args.threads, "machine": machine(),
             "date": today(), "commands": ["memdistill " + " ".join(distill), "memdistill " + " ".join(evaluate)]}
+
+
+def _recorded_distill_seconds(mem: Path) -> float:
+    """The distillation seconds a memory file records (``metrics.distill_seconds_this_session``)."""
+    from memdistill.memory import load_memory
+
+    seconds = (load_memory(mem).meta.get("metrics") or {}).get("distill_seconds_this_session")
+    if seconds is None:
+        raise SystemExit(f"{mem} records no distillation seconds: rerun without --reuse-memory")
+    return float(seconds)
 
 
 def _acc(res: dict[str, Any]) -> str:
@@ -95,7 +113,8 @@ def row(cell: dict[str, Any]) -> str:
     steps = cell.get("config", {}).get("outer", {}).get("iterations", "-")  # the preset's count when the cell ran
     return (f"| `{cell['preset']}` | {cell['dataset']} | {cell['budget_ipc']:g} | {steps} | {_acc(res['memory'])} | {refs} | "
             f"{gains} | {'-' if target is None else f'{target:g}'} | {verdict} | "
-            f"{len(res['memory']['accuracies'])} | {cell['distill_wall_seconds']:.0f} | "
+            f"{len(res['memory']['accuracies'])} | {cell['distill_wall_seconds']:.0f}"
+            f"{' (reused file)' if cell.get('reused_memory') else ''} | "
             f"{cell['evaluate_wall_seconds']:.0f} | {cell['threads']} |")
 
 
@@ -112,6 +131,9 @@ def render(doc: Path) -> None:
              "memory - start / - herding | target | | runs R | distill s | evaluate s | threads |",
              "|" + "---|" * 15]
     lines += [row(c) for c in cells]
+    if any(c.get("reused_memory") for c in cells):
+        lines += ["", "(reused file): the cell evaluated the memory an earlier run of its distill command left "
+                  "(`--reuse-memory`); its distill seconds are that file's own record."]
     lines += ["", "Machines and dates: " + "; ".join(sorted({f"{c['machine']}, {c['date']}" for c in cells})) + "."]
     replace_block(doc, "targets", "\n".join(lines), "Targets: the CLI end to end at width 128")
 
@@ -123,6 +145,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--reuse-memory", action="store_true",
+                   help="evaluate the memory file an earlier run of the cell left in outputs/targets/ instead of "
+                        "distilling again (its seconds are the file's own record)")
     p.add_argument("--render", action="store_true", help="only rebuild the table")
     p.add_argument("--doc", type=Path, default=DOCS / "RESULTS.md")
     args = p.parse_args(argv)

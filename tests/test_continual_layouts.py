@@ -3,7 +3,10 @@ the committed JSON renders to, and says what the validation runs chose."""
 
 from __future__ import annotations
 
+import json
 import shutil
+
+import pytest
 
 from _bench_scripts import ROOT, doc_block, load_script
 
@@ -65,13 +68,45 @@ def test_overview_only_prints_the_overview_and_no_section(tmp_path, capsys):
     assert "### split-mnist" in capsys.readouterr().out
 
 
-def test_split_fashion_tries_table_is_the_json_rendered():
-    """docs/CONTINUAL.md's table of the Split Fashion-MNIST tries is what
-    ``bench/continual_val_table.py`` renders from the committed runs, all on the
+@pytest.mark.parametrize("key", ["continual_val_fashion", "continual_val_fashion_b10"])
+def test_split_fashion_tries_table_is_the_json_rendered(key):
+    """docs/CONTINUAL.md's tables of the Split Fashion-MNIST tries (budgets 1 and 10) are
+    what ``bench/continual_val_table.py`` renders from the committed runs, all on the
     validation split."""
     mod = load_script("continual_val_table")
-    folder = ROOT / "docs" / "bench" / "continual_val_fashion"
+    folder = ROOT / "docs" / "bench" / key
     for path in sorted(folder.glob("*.json")):
         assert '"--validation"' in path.read_text(), path.name
-    committed = doc_block((ROOT / "docs" / "CONTINUAL.md").read_text(), "continual_val_fashion")
+    committed = doc_block((ROOT / "docs" / "CONTINUAL.md").read_text(), key)
     assert mod.table(mod.load(folder)) == committed
+
+
+def _run_file(path, orders_scores):
+    path.write_text(json.dumps({"results": [{"strategy": k, "final_average_accuracy": v / 100}
+                                            for k, v in orders_scores.items()]}))
+
+
+def test_tries_table_reads_settings_kept_elsewhere(tmp_path):
+    """``--also SETTING=PATTERN`` adds runs from another place for the folder's orders;
+    a missing order, a pattern without ``{order}`` and herding that two runs of one
+    order disagree on are refused."""
+    mod = load_script("continual_val_table")
+    folder, other = tmp_path / "runs", tmp_path / "other"
+    folder.mkdir(), other.mkdir()
+    for order in (0, 1):
+        _run_file(folder / f"views_s{order}.json", {"shared": 70.0 + order})
+        _run_file(other / f"strong_s{order}.json", {"shared": 60.0 + order, "herding": 65.0})
+    runs = mod.load(folder, {"base": str(other / "strong_s{order}.json")})
+    lines = mod.table(runs).splitlines()
+    assert lines[2] == "| herding | 65.0 | 65.0 | 65.0 | |"
+    assert lines[3] == "| views | 70.0 | 71.0 | 70.5 | +5.5 |"
+    assert lines[4] == "| base | 60.0 | 61.0 | 60.5 | -4.5 |"
+    with pytest.raises(SystemExit, match="needs {order}"):
+        mod.load(folder, {"base": str(other / "strong_s0.json")})
+    (other / "strong_s1.json").unlink()
+    with pytest.raises(SystemExit, match="missing"):
+        mod.load(folder, {"base": str(other / "strong_s{order}.json")})
+    _run_file(other / "strong_s1.json", {"shared": 61.0, "herding": 65.0})
+    _run_file(folder / "views_s1.json", {"shared": 71.0, "herding": 64.0})
+    with pytest.raises(SystemExit, match="disagree on herding"):
+        mod.table(mod.load(folder, {"base": str(other / "strong_s{order}.json")}))
