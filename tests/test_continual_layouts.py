@@ -110,3 +110,23 @@ def test_tries_table_reads_settings_kept_elsewhere(tmp_path):
     _run_file(folder / "views_s1.json", {"shared": 71.0, "herding": 64.0})
     with pytest.raises(SystemExit, match="disagree on herding"):
         mod.table(mod.load(folder, {"base": str(other / "strong_s{order}.json")}))
+
+
+@pytest.mark.parametrize("key, folder, strong", [
+    ("continual_views_fashion_b10", "fashion_b10", "split-fashion-mnist_ipc10"),
+    ("continual_views_fashion_b1", "fashion_b1", "split-fashion-mnist_ipc1"),
+    ("continual_views_many_b10", "many_b10", "many_mnist+fashion-mnist_ipc10"),
+])
+def test_views_test_tables_are_the_json_rendered(key, folder, strong):
+    """docs/CONTINUAL.md's test-split tables of the projected views are the committed runs
+    (test split, views on) beside the stronger protocol's committed runs."""
+    mod = load_script("continual_val_table")
+    runs = ROOT / "docs" / "bench" / "continual_views_test" / folder
+    for path in sorted(runs.glob("*.json")):
+        argv = json.loads(path.read_text())["argv"]
+        assert "--validation" not in argv and "--subspace-views" in argv, path.name
+    bench = ROOT / "docs" / "bench"
+    also = {"base": str(bench / f"continual_strong_{strong}_s{{order}}.json"),
+            "base-start": str(bench / f"continual_strong_start_{strong}_s{{order}}.json")}
+    committed = doc_block((ROOT / "docs" / "CONTINUAL.md").read_text(), key)
+    assert mod.table(mod.load(runs, also)) == committed
