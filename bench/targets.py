@@ -69,14 +69,15 @@ def run_cell(name: str, args) -> dict[str, Any]:
     config_file = Path(f"{mem.with_suffix('')}.config.json")
     reused = args.reuse_memory and mem.exists() and config_file.exists()
     if reused:  # an earlier run of the same distill command (e.g. one whose evaluation was cut short)
+        seed = json.loads(config_file.read_text()).get("seed")
+        if seed != args.seed:
+            raise SystemExit(f"{mem} was distilled with seed {seed}, not {args.seed}: drop --reuse-memory")
         distill_wall = _recorded_distill_seconds(mem)
         print(f"{name}: reusing {mem} (distilled in {distill_wall:.0f} s by its own record)", flush=True)
     else:
         distill_wall = _run(distill, args.threads)
     eval_wall = _run(evaluate, args.threads)
     config = json.loads(config_file.read_text())
-    if reused and config.get("seed") != args.seed:
-        raise SystemExit(f"{mem} was distilled with seed {config.get('seed')}, not {args.seed}: drop --reuse-memory")
     return {"reused_memory": reused, "cell": name, "preset": preset, "dataset": dataset, "budget_ipc": budget, "seed": args.seed,
             "target": TARGETS[(preset, dataset, budget)], "config": config,
             "distill_wall_seconds": distill_wall, "evaluate_wall_seconds": eval_wall,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from _bench_scripts import ROOT, doc_block, load_script
 
 CELLS = ROOT / "docs" / "bench" / "targets"
@@ -31,3 +33,18 @@ def test_every_cell_has_its_references_and_verdict():
         for ref in ("starting_point", "herding_real", "random_real"):
             assert len(res[ref]["accuracies"]) == runs, (path.name, ref)
         assert cell["target"] is None or f"| {cell['target']:g} | " in load_script("targets").row(cell)
+
+
+def test_reuse_memory_refuses_a_file_of_another_seed(tmp_path, monkeypatch):
+    """``--reuse-memory`` evaluates a memory an earlier run of the cell left only if that
+    run used the same seed; otherwise it stops before evaluating anything."""
+    mod = load_script("targets")
+    monkeypatch.setattr(mod, "MEMORIES", tmp_path)
+    (tmp_path / "cpu.mnist.1.mem.safetensors").write_bytes(b"")
+    (tmp_path / "cpu.mnist.1.mem.config.json").write_text(json.dumps({"seed": 3}))
+    ran = []
+    monkeypatch.setattr(mod, "_run", lambda argv, threads: ran.append(argv))
+    args = mod.argparse.Namespace(seed=0, runs=1, threads=1, reuse_memory=True)
+    with pytest.raises(SystemExit, match="seed 3, not 0"):
+        mod.run_cell("cpu.mnist.1", args)
+    assert ran == []
