@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import DOCS, machine, replace_block, today  # noqa: E402
 
 from memdistill._io import atomic_write_json  # noqa: E402
+from memdistill.memory import load_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = DOCS / "bench" / "targets"
@@ -87,8 +88,6 @@ def run_cell(name: str, args) -> dict[str, Any]:
 
 def _recorded_distill_seconds(mem: Path) -> float:
     """The distillation seconds a memory file records (``metrics.distill_seconds_this_session``)."""
-    from memdistill.memory import load_memory
-
     seconds = (load_memory(mem).meta.get("metrics") or {}).get("distill_seconds_this_session")
     if seconds is None:
         raise SystemExit(f"{mem} records no distillation seconds: rerun without --reuse-memory")

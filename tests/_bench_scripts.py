@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -26,3 +27,12 @@ def doc_block(text: str, key: str) -> str:
     m = re.search(rf"<!-- {re.escape(key)}:start -->\n(.*?)\n<!-- {re.escape(key)}:end -->", text, re.S)
     assert m, f"block {key} missing"
     return m.group(1)
+
+
+def render_block(render, doc: str, key: str, tmp_path: Path) -> tuple[str, str]:
+    """``(rendered, committed)``: block ``key`` of ``docs/<doc>`` as ``render`` writes it
+    into a copy of the page under ``tmp_path``, and as the committed page holds it."""
+    copy = tmp_path / doc
+    shutil.copy(ROOT / "docs" / doc, copy)
+    render(copy)
+    return doc_block(copy.read_text(), key), doc_block((ROOT / "docs" / doc).read_text(), key)

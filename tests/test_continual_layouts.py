@@ -4,20 +4,16 @@ the committed JSON renders to, and says what the validation runs chose."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from _bench_scripts import ROOT, doc_block, load_script
+from _bench_scripts import ROOT, doc_block, load_script, render_block
 
 
 def test_committed_layout_table_is_the_json_rendered(tmp_path):
-    mod = load_script("continual_layouts")
-    doc = tmp_path / "CONTINUAL.md"
-    shutil.copy(ROOT / "docs" / "CONTINUAL.md", doc)
-    mod.render(doc)
-    committed = doc_block((ROOT / "docs" / "CONTINUAL.md").read_text(), "continual_layouts")
-    assert doc_block(doc.read_text(), "continual_layouts") == committed
+    rendered, committed = render_block(load_script("continual_layouts").render, "CONTINUAL.md",
+                                       "continual_layouts", tmp_path)
+    assert rendered == committed
     rows = [line.split(" | ") for line in committed.splitlines() if line.startswith("| split-")]
     assert len(rows) == 4  # two benchmarks, two budget modes
     for row in rows:

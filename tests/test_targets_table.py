@@ -1,38 +1,34 @@
 """``bench/targets.py``: docs/RESULTS.md's Targets table is what the committed cells render
-to, every row puts the memory beside its starting point and herding, and the summary table
-at the top of the page quotes the same numbers."""
+to, every cell retrains its starting point, herding and random real images as many times
+as the memory, and ``--reuse-memory`` refuses a memory of another seed."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from _bench_scripts import ROOT, doc_block, load_script
+from _bench_scripts import ROOT, load_script, render_block
 
 CELLS = ROOT / "docs" / "bench" / "targets"
 
 
 def test_committed_targets_table_is_the_json_rendered(tmp_path):
-    mod = load_script("targets")
-    doc = tmp_path / "RESULTS.md"
-    shutil.copy(ROOT / "docs" / "RESULTS.md", doc)
-    mod.render(doc)
-    committed = doc_block((ROOT / "docs" / "RESULTS.md").read_text(), "targets")
-    assert doc_block(doc.read_text(), "targets") == committed
+    rendered, committed = render_block(load_script("targets").render, "RESULTS.md", "targets", tmp_path)
+    assert rendered == committed
     rows = [line for line in committed.splitlines() if line.startswith("| `cpu")]
     assert len(rows) == len(list(CELLS.glob("*.json"))) == 8
 
 
 def test_every_cell_has_its_references_and_verdict():
+    mod = load_script("targets")
     for path in sorted(CELLS.glob("*.json")):
         cell = json.loads(path.read_text())
         res = cell["evaluation"]["results"]["convnet"]
         runs = len(res["memory"]["accuracies"])
         for ref in ("starting_point", "herding_real", "random_real"):
             assert len(res[ref]["accuracies"]) == runs, (path.name, ref)
-        assert cell["target"] is None or f"| {cell['target']:g} | " in load_script("targets").row(cell)
+        assert cell["target"] is None or f"| {cell['target']:g} | " in mod.row(cell)
 
 
 def test_reuse_memory_refuses_a_file_of_another_seed(tmp_path, monkeypatch):
