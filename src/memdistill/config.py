@@ -429,6 +429,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # No ZCA whitening: zca=0.1 on Fashion-MNIST ended 0.89 below at 900 s (80.13 against
     # 81.02%, validation, width 128, one run each) from a start 17 points lower
     # (docs/RESULTS.md, "ZCA whitening on Fashion-MNIST").
+    # No model pool: on Fashion-MNIST pools of 4 unrolling W = 20 / 40 / 80 steps (T_max 300
+    # / 300 / 320) ended 80.27 to 81.52% at 900 s against 81.02% for these fresh unrolls
+    # (validation, width 128, one run each): W = 20 led at 450 s and then stalled
+    # (docs/RESULTS.md, "a model pool at the `cpu` preset").
     "cpu": {
         "inner": {"width": 32, "steps": 80, "n_per_class": 5, "augment": "none"},
         "outer": {"iterations": 200, "optimizer": "adam", "lr": 0.01, "real_per_class": 128},
