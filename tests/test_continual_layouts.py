@@ -112,6 +112,7 @@ def test_tries_table_reads_settings_kept_elsewhere(tmp_path):
     ("continual_views_fashion_b10", "fashion_b10", "split-fashion-mnist_ipc10"),
     ("continual_views_fashion_b1", "fashion_b1", "split-fashion-mnist_ipc1"),
     ("continual_views_many_b10", "many_b10", "many_mnist+fashion-mnist_ipc10"),
+    ("continual_views_fashion_total1", "fashion_total1", "split-fashion-mnist_totalipc1"),
 ])
 def test_views_test_tables_are_the_json_rendered(key, folder, strong):
     """docs/CONTINUAL.md's test-split tables of the projected views are the committed runs
