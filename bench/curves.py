@@ -312,7 +312,8 @@ def render(json_path: Path, doc: Path) -> None:
                   f"Time to quality: {result['dataset']}, budget {result['budget_ipc']:g}, preset {result['preset']}")
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (also read back by the tests from a merged file's ``merge_command``)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--budget-ipc", type=float, default=1.0)
@@ -336,7 +337,11 @@ def main(argv=None) -> int:
     p.add_argument("--merge", type=Path, nargs="+",
                    help="merge these JSONs (runs of the same protocol, other methods each) into one, "
                         "named by --dataset, --budget-ipc, --preset and --tag, and render it")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     if args.render:
         render(args.render, args.doc)
         return 0

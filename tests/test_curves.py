@@ -117,8 +117,7 @@ def test_each_committed_merged_curve_file_is_the_merge_of_its_committed_parts():
     for path in merged_files:
         result = json.loads(path.read_text())
         argv = curves.shlex.split(result["merge_command"])
-        after = argv[argv.index("--merge") + 1:]
-        parts = after[:next((i for i, a in enumerate(after) if a.startswith("--")), len(after))]
+        parts = curves.parser().parse_args(argv[2:]).merge  # after "python bench/curves.py"
         again = curves.merge([json.loads((ROOT / part).read_text()) for part in parts])
         again["merge_command"] = result["merge_command"]
         assert again == result, f"{path.name}: rerun its merge_command"
