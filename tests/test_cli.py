@@ -113,6 +113,19 @@ def test_distill_info_show_evaluate_end_to_end(data_root, tmp_path, capsys):
     assert main(["evaluate", str(out), "--runs", "1", "--epochs", "2", "--width", "8", "--root", str(data_root),
                  "--out", str(ev), "--no-progress", "--no-starting-point"]) == 0
     assert set(json.loads(ev.read_text())["results"]["convnet"]) == {"memory", "random_real", "herding_real"}
+    # references chosen; the learning-rate schedule defaults to the file's record (constant) and is recorded
+    assert json.loads(ev.read_text())["lr_schedule"] == "constant"
+    assert main(["evaluate", str(out), "--runs", "1", "--epochs", "2", "--width", "8", "--root", str(data_root),
+                 "--out", str(ev), "--no-progress", "--references", "herding", "--lr-schedule", "step"]) == 0
+    rec = json.loads(ev.read_text())
+    assert set(rec["results"]["convnet"]) == {"memory", "herding_real"} and rec["lr_schedule"] == "step"
+    assert "starting point: skipped (--references)" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--runs", "1", "--epochs", "2", "--width", "8", "--root", str(data_root),
+                 "--out", str(ev), "--no-progress", "--references", "none"]) == 0
+    assert set(json.loads(ev.read_text())["results"]["convnet"]) == {"memory"}
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--references", "start,best", "--root", str(data_root)]) == 2
+    assert "--references 'start,best': name one or more of start, random, herding" in capsys.readouterr().err
 
 
 def test_distill_time_limit_writes_the_partial_memory_and_resume_completes_it(data_root, tmp_path, capsys):

@@ -223,3 +223,48 @@ def test_training_set_on_its_own_device_is_itself():
 
     ts = TrainingSet(torch.randn(6, 1, 4, 4), torch.arange(6) % 3)
     assert ts.to("cpu") is ts and ts.to(torch.device("cpu")) is ts
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 7, 300])
+def test_epoch_lr_follows_torch_schedulers(epochs):
+    """``step`` is ``MultiStepLR`` with one milestone at half the epochs, x0.1 (the
+    DC/DSA/MTT evaluation protocol); ``cosine`` is ``CosineAnnealingLR`` down to 0."""
+    from memdistill.evaluate import epoch_lr
+
+    for schedule, make in [("step", lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [epochs // 2], 0.1)),
+                           ("cosine", lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, epochs)),
+                           ("constant", lambda o: torch.optim.lr_scheduler.ConstantLR(o, 1.0, epochs))]:
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.03)
+        ref = make(opt)
+        for e in range(epochs):
+            assert epoch_lr(0.03, schedule, e, epochs) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12,
+                                                                        abs=1e-15), (schedule, e)
+            opt.step()
+            ref.step()
+
+
+def test_lr_schedules_change_training_only_where_they_lower_the_rate(mnist_train):
+    """With one step per epoch, ``step`` trains the first half exactly like ``constant``
+    and then differently; ``cosine`` differs from the second epoch on."""
+    from memdistill.evaluate import fit_network
+
+    data = TrainingSet(mnist_train.subset(select_subset(mnist_train, 2, "random", seed=0)))
+
+    def params(schedule, stop):
+        cfg = TrainConfig(arch="convnet", arch_options={"width": 8}, epochs=6, batch_size=64, lr_schedule=schedule)
+        model, _ = fit_network(data, 10, cfg, torch.Generator().manual_seed(0), on_step=lambda s, m: s >= stop)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(params("step", 3), params("constant", 3))
+    assert not torch.equal(params("step", 4), params("constant", 4))
+    assert torch.equal(params("cosine", 1), params("constant", 1))
+    assert not torch.equal(params("cosine", 2), params("constant", 2))
+
+
+def test_bad_lr_schedule_is_refused():
+    from memdistill.config import resolve
+
+    with pytest.raises(ConfigError, match="lr_schedule='linear' is invalid; valid: 'constant', 'step', 'cosine'"):
+        TrainConfig(lr_schedule="linear")
+    with pytest.raises(ConfigError, match="evaluation.lr_schedule must be one of constant, step, cosine"):
+        resolve("cpu", "mnist", sets=[("evaluation.lr_schedule", "linear")])

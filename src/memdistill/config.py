@@ -159,6 +159,8 @@ class EvalConfig(TrainOptions):
     epochs: int = 300
     runs: int = 1
     augment: str = "flip_rotate"
+    # constant | step (lr / 10 from half the epochs on, as DC/DSA/MTT evaluate) | cosine
+    lr_schedule: str = "constant"
     val_fraction: float = 0.1  # evaluation during distillation uses a validation split
 
 
@@ -185,6 +187,7 @@ class DistillConfig:
     def validate(self) -> "DistillConfig":
         from .augment import create_augmentation
         from .engine import INNER_OPTIMIZERS, INNER_PRECISIONS, UNROLL_MODES
+        from .evaluate import LR_SCHEDULES
         from .labels import LABEL_SPACES
         from .memory import MEMORIES
         from .models import MODELS
@@ -213,6 +216,10 @@ class DistillConfig:
             (self.outer.iterations >= 0, "outer.iterations must be >= 0"),
             (self.outer.optimizer in ("sgd", "adam"), "outer.optimizer must be sgd or adam"),
             (self.outer.schedule in ("none", "cosine"), "outer.schedule must be none or cosine"),
+            (self.evaluation.lr_schedule in LR_SCHEDULES,
+             f"evaluation.lr_schedule must be one of {', '.join(LR_SCHEDULES)} (constant: the lr throughout; "
+             f"step: lr / 10 from half the epochs on, as DC/DSA/MTT evaluate; cosine: decayed to 0), "
+             f"got {self.evaluation.lr_schedule!r}"),
             (self.outer.unroll in UNROLL_MODES, f"outer.unroll must be one of {', '.join(UNROLL_MODES)}"),
             (0 <= self.outer.window <= self.inner.steps,
              f"outer.window must be in [0, inner.steps={self.inner.steps}], got {self.outer.window} (at budget >= 10 "

@@ -25,6 +25,10 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
                    help="fixed: train --epochs epochs (the reference protocol); converge: stop once the training "
                         "loss on the examples plateaus (mean of the last 10 epochs < 1%% below the 10 before, or "
                         "under 0.0069 nats), at most --epochs epochs")
+    v.add_argument("--lr-schedule", choices=("constant", "step", "cosine"),
+                   help="learning rate over the epochs: constant; step (divided by 10 from half the epochs on, "
+                        "as DC/DSA/MTT evaluate); cosine (decayed to 0). Default: the evaluation schedule the file "
+                        "records, else constant")
     v.add_argument("--first-pad", type=int,
                    help="padding of convnet's first convolution (default: 3 for 1-channel images as in DC/DSA/MTT, "
                         "else 1; 1 gives the compact geometry of earlier versions)")
@@ -34,6 +38,10 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
     v.add_argument("--no-starting-point", action="store_true",
                    help="skip the memory's own starting point (rebuilt from the seed and configuration the file "
                         "records) as a reference")
+    v.add_argument("--references", default="start,random,herding",
+                   help="comma-separated references retrained beside the memory: start (its own starting "
+                        "point), random and herding (real subsets at the run's budget); 'none' for the memory "
+                        "alone (default: all three). Each costs as much as the memory's own runs")
     v.add_argument("--out", help="JSON result (default FILE.eval.json)")
 
 
@@ -63,6 +71,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..labels import label_space_of, reference_ipc
     from ..models import supported_options
 
+    wanted = _references(args.references)
     mf = load_memory_file(args.file)
     dataset = check_memory_dataset(mf, args.dataset, args.file)
     dist, device = join(args, args.device)
@@ -73,29 +82,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if tuple(train.image_shape) != tuple(mf.image_shape) or train.num_classes != space.num_classes:
         raise ConfigError(f"{args.file} recalls {mf.image_shape} images of {space.num_classes} classes, but "
                           f"{dataset!r} has {train.image_shape} and {train.num_classes}")
-    start, why_not = _starting_point(mf, train, device, args.no_starting_point)
+    start, why_not = _starting_point(mf, train, device, args.no_starting_point or "start" not in wanted)
+    if why_not and "skipped" in why_not and "start" not in wanted:
+        why_not = "skipped (--references)"
     # recalled images live in the memory's space: whiten the real data the same way
     train, test = train.with_zca(mf.zca), test.with_zca(mf.zca)
     x, y = space.class_examples(mf.memory)
     ref_ipc = reference_ipc(mf)  # the run's recorded budget, not a floor of the memory's floats
-    refs = {m: train.subset(select_subset(train, ref_ipc, m, seed=args.seed)) for m in ("random", "herding")}
+    refs = {m: train.subset(select_subset(train, ref_ipc, m, seed=args.seed)) for m in ("random", "herding")
+            if m in wanted}
     rows, record = [], {**run_header("evaluate", device=str(device), processes=dist.world_size),
                         "file": str(args.file), "dataset": dataset, "floats_stored": mf.memory.floats_stored(),
                         "examples": int(x.shape[0]), "reference_ipc": ref_ipc, "starting_point": why_not or "rebuilt",
                         "results": {}}
     show = not args.no_progress and dist.is_main
-    augment = args.augment or ((mf.meta.get("config") or {}).get("evaluation") or {}).get("augment", "none")
-    record["augment"], record["schedule"] = augment, args.schedule
+    recorded = (mf.meta.get("config") or {}).get("evaluation") or {}
+    augment = args.augment or recorded.get("augment", "none")
+    lr_schedule = args.lr_schedule or recorded.get("lr_schedule", "constant")
+    record["augment"], record["schedule"], record["lr_schedule"] = augment, args.schedule, lr_schedule
     for arch in [a.strip() for a in args.arch.split(",") if a.strip()]:
         tc = TrainConfig(arch=arch, arch_options=supported_options(arch, width=args.width, first_pad=args.first_pad),
-                         epochs=args.epochs, augment=augment, schedule=args.schedule)
+                         epochs=args.epochs, augment=augment, schedule=args.schedule, lr_schedule=lr_schedule)
         run = lambda data: evaluate(data, test, tc, runs=args.runs, seed=args.seed, device=device,  # noqa: E731
                                     progress=show, dist=dist)
-        mem_res, ref_res, herd_res = run(TrainingSet(x, y, device=device)), run(refs["random"]), run(refs["herding"])
+        mem_res = run(TrainingSet(x, y, device=device))
+        ref_res, herd_res = (run(refs[m]) if m in refs else None for m in ("random", "herding"))
         start_res = None if start is None else run(TrainingSet(*start, device=device))
-        record["results"][arch] = {"memory": mem_res.to_dict(), "random_real": ref_res.to_dict(),
-                                   "herding_real": herd_res.to_dict(),
-                                   **({} if start_res is None else {"starting_point": start_res.to_dict()})}
+        found = {"random_real": ref_res, "herding_real": herd_res, "starting_point": start_res}
+        record["results"][arch] = {"memory": mem_res.to_dict(),
+                                   **{k: r.to_dict() for k, r in found.items() if r is not None}}
         rows.append((arch, int(x.shape[0]), _acc(mem_res), _epochs(mem_res), _acc(start_res),
                      ref_ipc * train.num_classes, _acc(ref_res), _acc(herd_res)))
     if not dist.is_main:  # runs were spread over the ranks; rank 0 reports
@@ -108,6 +123,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     atomic_write_json(out, record)
     print(f"wrote {out}")
     return 0
+
+
+def _references(text: str) -> set[str]:
+    """The references ``--references`` names (``none``: no reference)."""
+    names = {t.strip() for t in text.split(",") if t.strip()}
+    valid = {"start", "random", "herding"}
+    if names == {"none"}:
+        return set()
+    if not names or names - valid:
+        raise ConfigError(f"--references {text!r}: name one or more of start, random, herding (comma-separated), "
+                          "or 'none' for the memory alone")
+    return names
 
 
 def _epochs(res) -> str:

@@ -1,11 +1,13 @@
 """Retrain-and-test evaluation and the real-data reference selections."""
 
 from ._train import (
+    LR_SCHEDULES,
     SCHEDULES,
     EvaluationResult,
     TrainConfig,
     TrainingSet,
     converged,
+    epoch_lr,
     evaluate,
     fit_network,
     format_accuracy,
@@ -17,11 +19,13 @@ from ._train import (
 from .selection import SELECTIONS, herding_order, list_selections, select_subset
 
 __all__ = [
+    "LR_SCHEDULES",
     "SCHEDULES",
     "EvaluationResult",
     "TrainConfig",
     "TrainingSet",
     "converged",
+    "epoch_lr",
     "evaluate",
     "fit_network",
     "format_accuracy",

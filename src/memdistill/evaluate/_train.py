@@ -62,6 +62,20 @@ def format_accuracy(mean: float, std: float, runs: int, pm: str = "±") -> str:
 
 
 SCHEDULES = ("fixed", "converge")
+LR_SCHEDULES = ("constant", "step", "cosine")
+
+
+def epoch_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """The learning rate of epoch ``epoch`` (from 0) of ``epochs`` under ``schedule``:
+    ``constant``; ``step``, divided by 10 from epoch ``epochs // 2`` on (the evaluation
+    protocol of DC, DSA and MTT); ``cosine``, from ``lr`` towards 0 over the epochs."""
+    if schedule == "constant":
+        return lr
+    if schedule == "step":
+        return lr * 0.1 if epoch >= epochs // 2 else lr
+    if schedule == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    raise ConfigError(f"lr_schedule={schedule!r} is invalid; valid: {', '.join(map(repr, LR_SCHEDULES))}")
 
 
 def converged(losses: list[float], window: int = 10, tol: float = 0.01, target: float = 0.1,
@@ -114,6 +128,7 @@ class TrainConfig:
     augment: str = "none"
     test_batch_size: int = 2000
     schedule: str = "fixed"
+    lr_schedule: str = "constant"
     converge_window: int = 10
     converge_tol: float = 0.01
     converge_loss: float = 0.1
@@ -126,6 +141,10 @@ class TrainConfig:
             raise ConfigError(f"schedule={self.schedule!r} is invalid; valid: {', '.join(map(repr, SCHEDULES))} "
                               "(fixed: train `epochs` epochs; converge: stop once the training loss plateaus, "
                               "at most `epochs` epochs)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule={self.lr_schedule!r} is invalid; valid: "
+                              f"{', '.join(map(repr, LR_SCHEDULES))} (constant: lr throughout; step: lr / 10 "
+                              "from half the epochs on, as DC/DSA/MTT evaluate; cosine: decayed to 0)")
         if not 0 < self.converge_tol < 1:
             raise ConfigError(f"converge_tol must be in (0, 1), got {self.converge_tol}")
         if not self.converge_loss > 0:
@@ -337,7 +356,9 @@ def fit_network(
     model.train()
     done, stop, losses = 0, False, []
     floor = _label_entropy(data.labels) if config.schedule == "converge" else 0.0
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
+        for group in opt.param_groups:
+            group["lr"] = epoch_lr(config.lr, config.lr_schedule, epoch, config.epochs)
         order = torch.randperm(n, generator=generator).to(data.device)
         total = torch.zeros((), device=data.device)
         for s in range(steps_per_epoch):
