@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=2, help="networks per (set, augmentation)")
     p.add_argument("--width", type=int, help="evaluation width (default: the file's)")
     p.add_argument("--epochs", type=int, help="evaluation epochs (default: the file's)")
+    p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the file's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-herding", action="store_true")
     p.add_argument("--sets", default="memory,start,herding",
@@ -88,7 +89,8 @@ def main(argv=None) -> int:
         idx = select_subset(d.train, ipc, "herding")
         sets["herding"] = TrainingSet(d.train.subset(idx))
     ec = cfg.evaluation
-    ec = replace(ec, width=args.width or ec.width, epochs=args.epochs or ec.epochs)
+    ec = replace(ec, width=args.width or ec.width, epochs=args.epochs or ec.epochs,
+                 batch_size=args.batch_size or ec.batch_size)
     rows = []
     for a, s in [(a, s) for a in augments for s in schedules]:
         row = {"augment": a, "lr_schedule": s}
