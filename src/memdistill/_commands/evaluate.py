@@ -45,14 +45,14 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
     v.add_argument("--out", help="JSON result (default FILE.eval.json)")
 
 
-def _starting_point(mf, train, device, skip: bool):
+def _starting_point(mf, train, device, skip: str | None):
     """``((x, y), None)``: what the memory's own starting point recalls, rebuilt from the
     seed and configuration the file records; ``(None, why)`` when it cannot be."""
     from ..config import from_record
     from ..distill import starting_point
 
-    if skip:
-        return None, "skipped (--no-starting-point)"
+    if skip:  # the option that said so
+        return None, f"skipped ({skip})"
     if not mf.meta.get("config"):
         return None, "the file records no configuration to rebuild it from"
     try:
@@ -82,9 +82,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if tuple(train.image_shape) != tuple(mf.image_shape) or train.num_classes != space.num_classes:
         raise ConfigError(f"{args.file} recalls {mf.image_shape} images of {space.num_classes} classes, but "
                           f"{dataset!r} has {train.image_shape} and {train.num_classes}")
-    start, why_not = _starting_point(mf, train, device, args.no_starting_point or "start" not in wanted)
-    if why_not and "skipped" in why_not and "start" not in wanted:
-        why_not = "skipped (--references)"
+    skip = "--no-starting-point" if args.no_starting_point else None if "start" in wanted else "--references"
+    start, why_not = _starting_point(mf, train, device, skip)
     # recalled images live in the memory's space: whiten the real data the same way
     train, test = train.with_zca(mf.zca), test.with_zca(mf.zca)
     x, y = space.class_examples(mf.memory)
