@@ -226,6 +226,11 @@ def test_digits_are_not_flipped_by_default():
     assert resolve("cpu", "mnist", 1).evaluation.augment == "rotate+scale"
     assert resolve("cpu", "mnist", 10).evaluation.augment == "rotate+scale"
     assert resolve("cpu", "mnist", 10).inner.augment == "none"
+    # and delivers its memory's moving average on MNIST at budget 1 only (chosen on the validation split)
+    assert resolve("cpu", "mnist", 1).outer.average == 0.95
+    assert resolve("cpu", "mnist", 10).outer.average == 0.0
+    assert resolve("cpu", "fashion-mnist", 1).outer.average == 0.0
+    assert resolve("cpu-quick", "mnist", 1).outer.average == 0.0
     assert resolve("cpu-quick", "mnist", 1).evaluation.augment == "none"
     assert resolve("cpu", "fashion-mnist", 1).evaluation.augment == "none"
     assert resolve("cpu", "mnist", 1, sets=[("evaluation.augment", "none")]).evaluation.augment == "none"

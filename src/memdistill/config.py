@@ -473,8 +473,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 # augmentation or chain beat none. At budget 10 (MNIST, the preset's starting point, which
 # its distillation leaves level; width 32, 2 runs) rotate+scale led too: 96.51% against
 # 95.90 (none), 96.26 (rotate), 96.17 (scale); docs/RESULTS.md, "... at budget 10".
+#
+# On MNIST the `cpu` preset also delivers the moving average of its memory
+# (outer.average=0.95; the last iterate is written beside it, .last.safetensors), at budget 1
+# only (BUDGET10_SETTINGS turns it off: not measured there). Chosen on the validation split
+# at the targets' evaluator (width 128, 300 epochs, 4 runs with the same seeds): 96.47 against
+# 96.38% for the last iterate of the same run, ahead in all 4 paired runs (+0.04 to +0.15);
+# at the run's own width-32 evaluator the two were level (95.73 against 95.69%, 3 runs).
+# Not on Fashion-MNIST: not validated there (docs/RESULTS.md, "The memory's moving average").
 PRESET_DATASET_SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
-    ("cpu", "mnist"): {"evaluation.augment": "rotate+scale"},
+    ("cpu", "mnist"): {"evaluation.augment": "rotate+scale", "outer.average": 0.95},
 }
 
 
@@ -509,7 +517,7 @@ BUDGET10_SETTINGS: dict[str, dict[str, Any]] = {
     "cpu-quick": {"memory.num_bases": 64, "inner.steps": 300, "outer.window": 20, "outer.random_truncation": True,
                   "outer.lr": 0.003, "outer.iterations": 20, "outer.pool_size": 0},
     "cpu": {"memory.num_bases": 64, "inner.steps": 300, "outer.window": 20, "outer.random_truncation": True,
-            "outer.lr": 0.003, "outer.real_per_class": 32, "outer.iterations": 75},
+            "outer.lr": 0.003, "outer.real_per_class": 32, "outer.iterations": 75, "outer.average": 0.0},
 }
 
 
