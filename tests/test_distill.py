@@ -47,6 +47,18 @@ def test_resume_is_bit_identical(small_train, tmp_path):
     assert a == b and len(a) == 4
 
 
+def test_validation_evaluations_leave_the_memory_unchanged(small_train):
+    """How often a run evaluates on its validation split changes nothing it learns (the
+    evaluator draws from its own seed), so a preset may space its evaluations freely."""
+    quiet = Distiller(_tiny(**{"evaluation": {"every": 0, "at_start": False}}), small_train).run()
+    busy = Distiller(_tiny(**{"evaluation": {"every": 2, "at_start": True}}), small_train).run()
+    evaluated = lambda res: sum("eval" in r for r in res.history)  # noqa: E731
+    assert (quiet.start_eval, evaluated(quiet)) == (None, 1)  # at the end only
+    assert busy.start_eval is not None and evaluated(busy) == 2
+    for k in quiet.memory.tensors:
+        assert torch.equal(quiet.memory.tensors[k], busy.memory.tensors[k]), k
+
+
 def test_time_limit_stops_after_a_checkpoint_and_resume_finishes_the_run(small_train, tmp_path):
     full = Distiller(_tiny(), small_train).run()
     ckpt = tmp_path / "t.ckpt"
@@ -174,8 +186,9 @@ def test_budget10_settings_apply_to_bases_memories_only():
     assert key(off)[1:] == key(base)[1:] and off.inner.n_per_class == 20
     cpu = resolve("cpu", "mnist", 10)
     assert key(cpu)[1:4] + key(cpu)[6:] == (64, 300, 0.003, 20, True)
-    # the cpu preset's outer steps: 200 at budget 1, 75 at budget 10 (flat after 50 there)
-    assert (resolve("cpu", "mnist", 1).outer.iterations, cpu.outer.iterations) == (200, 75)
+    # the cpu preset's outer steps: 200 at budget 1 (225 on MNIST), 75 at budget 10 (flat after 50 there)
+    assert (resolve("cpu", "fashion-mnist", 1).outer.iterations, cpu.outer.iterations) == (200, 75)
+    assert resolve("cpu", "mnist", 1).outer.iterations == 225
     # its recalled examples per class per inner step: 5 at budget 1, 20 at budget 10
     assert (resolve("cpu", "mnist", 1).inner.n_per_class, cpu.inner.n_per_class) == (5, 20)
     # the cpu preset's outer batch: 128 real images per class at budget 1, 32 at budget 10
