@@ -488,8 +488,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # on 2 cores, 250 would not (docs/RESULTS.md, "More outer steps on MNIST with the average").
 # BUDGET10_SETTINGS set their own step count; Fashion-MNIST keeps 200 (1 586 s already).
 # The targets cell's run of these 225 steps took 1 804 s with a validation evaluation every
-# 25 steps (10 of them, 281 s in all), so MNIST evaluates every 75 steps at budget 1 (4
-# evaluations: about 1 630 s); evaluations never change the memory (tests/test_distill.py).
+# 25 steps (9 after the start's, 281 s), so MNIST evaluates every 75 steps at budget 1 (3
+# after the start's: about 1 620 s); evaluations never change the memory (tests/test_distill.py).
 PRESET_DATASET_SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
     ("cpu", "mnist"): {"evaluation.augment": "rotate+scale", "outer.average": 0.95, "outer.iterations": 225,
                        "evaluation.every": 75},
