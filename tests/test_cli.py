@@ -231,10 +231,7 @@ def test_digits_are_not_flipped_by_default():
     assert resolve("cpu", "mnist", 10).outer.average == 0.0
     assert resolve("cpu", "fashion-mnist", 1).outer.average == 0.0
     assert resolve("cpu-quick", "mnist", 1).outer.average == 0.0
-    # and runs 225 outer steps there (200 on Fashion-MNIST; the budget-10 settings' own 75)
-    assert resolve("cpu", "mnist", 1).outer.iterations == 225
-    assert resolve("cpu", "fashion-mnist", 1).outer.iterations == 200
-    assert resolve("cpu", "mnist", 10).outer.iterations == 75
+    # its 225 outer steps there (tests/test_distill.py checks the counts) yield to a flag
     assert resolve("cpu", "mnist", 1, flags={"outer.iterations": 50}).outer.iterations == 50
     # evaluated every 75 steps on MNIST (every 25 elsewhere) to stay within 30 minutes
     assert resolve("cpu", "mnist", 1).evaluation.every == 75
