@@ -13,6 +13,7 @@ add settings to one side only, e.g. the opt-in bfloat16 inner network:
     python bench/engine_compare.py --steps 10,30,150 --width 128 --rounds 2 \\
         --candidate-set inner.precision=bfloat16
 
+``--threads N`` gives every worker N torch threads (default 1; each worker runs alone).
 ``--candidate-env``/``--baseline-env NAME=VALUE`` set an environment variable in one side's
 worker processes only (for example a glibc ``MALLOC_*`` tunable).
 
@@ -83,7 +84,7 @@ def parse_env(items: list[str]) -> dict[str, str]:
 def run_cell(src: Path, steps: int, args, sets: dict, extra_env: dict[str, str]) -> dict:
     cmd = [sys.executable, str(HERE / "meta_gradient.py"), "--cell", f"checkpointed:{steps}:1", "--width",
            str(args.width), "--iterations", str(args.iterations), "--cell-sets", json.dumps(sets)]
-    env = {**os.environ, **extra_env,
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads), **extra_env,
            "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -97,7 +98,8 @@ def run_cell(src: Path, steps: int, args, sets: dict, extra_env: dict[str, str])
 def summary(cells: list[dict], name: str) -> dict:
     secs = [c["seconds_per_iteration"] for c in cells]
     return {f"{name}_seconds": secs, f"{name}_median_seconds": statistics.median(secs),
-            f"{name}_peak_rss_gb": max(c["peak_rss_gb"] for c in cells)}
+            f"{name}_peak_rss_gb": max(c["peak_rss_gb"] for c in cells),
+            f"{name}_threads": sorted({c["threads"] for c in cells})}
 
 
 def main(argv=None) -> int:
@@ -113,6 +115,7 @@ def main(argv=None) -> int:
                    help="an environment variable of the candidate's worker processes only (e.g. a glibc "
                         "MALLOC_* tunable)")
     p.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each worker process (default 1)")
     p.add_argument("--tag", default="", help="a separate JSON and doc block (engine_compare_TAG)")
     p.add_argument("--out", default=None)
     p.add_argument("--doc", default=None)
@@ -136,11 +139,11 @@ def main(argv=None) -> int:
             row["speedup"] = row["baseline_median_seconds"] / row["candidate_median_seconds"]
             rows.append(row)
             print(json.dumps(row), flush=True)
-    torch.set_num_threads(1)
-    rate = conv_rate(1)
+    torch.set_num_threads(args.threads)
+    rate = conv_rate(args.threads)
     const, per_step = flops_per_iteration(args.width)
     command = "python bench/engine_compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    res = {"date": today(), "machine": machine(), "command": command, "baseline_commit": commit,
+    res = {"date": today(), "machine": machine(), "command": command, "threads": args.threads, "baseline_commit": commit,
            "candidate_commit": git("rev-parse", "HEAD"), "candidate_src_uncommitted_changes": dirty,
            "sets": sets, "env": envs, "conv_gflops": rate, "gflop_per_inner_step": per_step / 1e9, "rows": rows}
     suffix = f"_{args.tag}" if args.tag else ""

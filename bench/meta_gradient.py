@@ -92,7 +92,7 @@ def one_cell(mode: str, steps: int, budget: float, width: int, iterations: int, 
             "seconds_per_inner_step": min(times) / steps,
             "peak_rss_gb": peak / 1024**2, "rss_before_gb": base_rss / 1024**2,
             "peak_cuda_gb": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
-            "slots": mem.slots, "sets": sets or {}, "memdistill": str(Path(sys.modules["memdistill"].__file__).parent)}
+            "slots": mem.slots, "sets": sets or {}, "threads": torch.get_num_threads(), "memdistill": str(Path(sys.modules["memdistill"].__file__).parent)}
 
 
 def schedule_table(args) -> None:

@@ -92,10 +92,11 @@ def test_the_engine_comparison_runs_a_landed_commit_beside_the_working_tree(tmp_
 
     bench = load_script("engine_compare")
     out, doc = tmp_path / "ec.json", tmp_path / "BENCH.md"
-    assert bench.main(["--baseline", "HEAD", "--steps", "2", "--width", "8", "--rounds", "2",
+    assert bench.main(["--baseline", "HEAD", "--steps", "2", "--width", "8", "--rounds", "2", "--threads", "2",
                        "--candidate-set", "inner.n_per_class=3", "--out", str(out), "--doc", str(doc)]) == 0
     res = json.loads(out.read_text())
     (row,) = res["rows"]
+    assert res["threads"] == 2 and row["baseline_threads"] == row["candidate_threads"] == [2]  # every worker's own
     assert len(row["baseline_seconds"]) == len(row["candidate_seconds"]) == 2
     assert row["speedup"] == pytest.approx(row["baseline_median_seconds"] / row["candidate_median_seconds"])
     assert res["sets"] == {"baseline": {}, "candidate": {"inner.n_per_class": 3}}
