@@ -186,9 +186,18 @@ def test_budget10_settings_apply_to_bases_memories_only():
     assert key(off)[1:] == key(base)[1:] and off.inner.n_per_class == 20
     cpu = resolve("cpu", "mnist", 10)
     assert key(cpu)[1:4] + key(cpu)[6:] == (64, 300, 0.003, 20, True)
-    # the cpu preset's outer steps: 200 at budget 1 (225 on MNIST), 75 at budget 10 (flat after 50 there)
-    assert (resolve("cpu", "fashion-mnist", 1).outer.iterations, cpu.outer.iterations) == (200, 75)
+    # the cpu preset's outer steps: 200 at budget 1 (225 on MNIST; on Fashion-MNIST 480 feature-regression
+    # steps, then 220 unrolls), 75 at budget 10 (flat after 50 there), with no regression phase
+    assert (resolve("cpu", "cifar10", 1).outer.iterations, cpu.outer.iterations) == (200, 75)
     assert resolve("cpu", "mnist", 1).outer.iterations == 225
+    fashion = resolve("cpu", "fashion-mnist", 1)
+    assert (fashion.outer.regression_steps, fashion.outer.iterations) == (480, 700)
+    assert resolve("cpu", "mnist", 1).outer.regression_steps == 0
+    fashion10 = resolve("cpu", "fashion-mnist", 10)
+    assert (fashion10.outer.regression_steps, fashion10.outer.iterations) == (0, 75)
+    # callers that size their own memories (the continual learner) keep the budget-1 schedule without it
+    own = resolve("cpu", "fashion-mnist", 1, flags=base_schedule("cpu"))
+    assert (own.outer.regression_steps, own.outer.iterations) == (0, 200)
     # its recalled examples per class per inner step: 5 at budget 1, 20 at budget 10
     assert (resolve("cpu", "mnist", 1).inner.n_per_class, cpu.inner.n_per_class) == (5, 20)
     # the cpu preset's outer batch: 128 real images per class at budget 1, 32 at budget 10
