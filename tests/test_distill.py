@@ -169,7 +169,8 @@ def test_budget10_settings_apply_to_bases_memories_only():
     """The budget-10 choice of bench/tune.py (K, T, lr, iterations) reaches `bases`
     memories at budget >= 10, and nothing else: not budget 1, not `images` memories, not
     callers that opt out (the continual learner, the tuner)."""
-    from memdistill.config import BUDGET10_SETTINGS
+    from memdistill.config import BUDGET10_SETTINGS, preset_values
+    from memdistill.continual import create_strategy
 
     def key(c):
         return (c.memory.kind, c.memory.num_bases, c.inner.steps, c.outer.lr, c.outer.iterations,
@@ -198,6 +199,16 @@ def test_budget10_settings_apply_to_bases_memories_only():
     # callers that size their own memories (the continual learner) keep the budget-1 schedule without it
     own = resolve("cpu", "fashion-mnist", 1, flags=base_schedule("cpu"))
     assert (own.outer.regression_steps, own.outer.iterations) == (0, 200)
+    # the per-dataset settings were chosen for ``bases`` memories: an ``images`` memory (and the
+    # continual learner's ``images`` task memories) gets the preset alone, on every dataset
+    for dataset in ("mnist", "fashion-mnist"):
+        img = resolve("cpu", dataset, 1, kind="images")
+        alone = preset_values("cpu", ["outer.iterations", "outer.regression_steps", "outer.average",
+                                      "evaluation.augment", "evaluation.every"])
+        assert (img.outer.iterations, img.outer.regression_steps, img.outer.average, img.evaluation.augment,
+                img.evaluation.every) == tuple(alone.values()) == (200, 0, 0.0, "none", 25)
+        task = create_strategy("images", preset="cpu").task_config(0, dataset, (1, 28, 28), 2)
+        assert (task.outer.iterations, task.outer.regression_steps, task.outer.average) == (200, 0, 0.0)
     # its recalled examples per class per inner step: 5 at budget 1, 20 at budget 10
     assert (resolve("cpu", "mnist", 1).inner.n_per_class, cpu.inner.n_per_class) == (5, 20)
     # the cpu preset's outer batch: 128 real images per class at budget 1, 32 at budget 10

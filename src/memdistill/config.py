@@ -510,6 +510,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # every 175 steps. On the test split 82.88% (2 runs) against 82.44% (5 runs) before.
 # Not at budget 10 (BUDGET10_SETTINGS: 300 regression steps left Fashion-MNIST 1.3 behind
 # there) nor on MNIST (-0.34 at 900 s).
+# All of these were chosen with ``bases`` memories: an ``images`` memory (a `memdistill distill
+# --memory images` run, the continual learner's `images` task memories) gets the preset alone.
 PRESET_DATASET_SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
     ("cpu", "mnist"): {"evaluation.augment": "rotate+scale", "outer.average": 0.95, "outer.iterations": 225,
                        "evaluation.every": 75},
@@ -609,7 +611,8 @@ def resolve(
 
     1. the defaults of :class:`DistillConfig`, the dataset's (``zca = 0.1`` on CIFAR,
        :data:`DATASET_DEFAULTS`), then the preset (:data:`PRESETS`) with its settings
-       for the dataset (:data:`PRESET_DATASET_SETTINGS`);
+       for the dataset (:data:`PRESET_DATASET_SETTINGS`, for a ``bases`` memory: they were
+       chosen for that kind alone);
     2. at ``budget_ipc >= 10`` (not ``paper``): 20 recalled examples per class per inner
        step and, for a ``bases`` memory, the preset's :data:`BUDGET10_SETTINGS`;
     3. ``toml``: a TOML file's path or its parsed tree;
@@ -672,8 +675,9 @@ def _preset_layers(preset: str, cfg: DistillConfig, budget_ipc: float, kind: str
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     apply_overrides(cfg, PRESETS[preset], source=f"preset {preset!r}")
-    apply_overrides(cfg, PRESET_DATASET_SETTINGS.get((preset, cfg.dataset), {}),
-                    source=f"preset {preset!r} on {cfg.dataset!r}")
+    if kind == "bases":  # chosen for ``bases`` memories only, like BUDGET10_SETTINGS
+        apply_overrides(cfg, PRESET_DATASET_SETTINGS.get((preset, cfg.dataset), {}),
+                        source=f"preset {preset!r} on {cfg.dataset!r}")
     if budget_ipc >= 10 and preset != "paper":
         # more recalled slots per class: draw more of them per inner step
         apply_overrides(cfg, {"inner.n_per_class": 20}, source=f"preset {preset!r}")
