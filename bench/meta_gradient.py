@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -201,6 +202,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="--schedules only; cuda: peak memory is torch.cuda.max_memory_allocated")
     args = ap.parse_args()
     if args.cell:
+        # an arm of bench/engine_compare.py (--candidate-env MEMDISTILL_BENCH_FLUSH_DENORMAL=1):
+        # subnormal floats treated as zero by the CPU in this worker
+        if os.environ.get("MEMDISTILL_BENCH_FLUSH_DENORMAL") == "1" and not torch.set_flush_denormal(True):
+            raise SystemExit("MEMDISTILL_BENCH_FLUSH_DENORMAL=1: this CPU cannot flush denormals (no SSE3)")
         mode, steps, budget, *schedule = args.cell.split(":", 3)
         print(json.dumps(one_cell(mode, int(steps), float(budget), args.width, args.iterations,
                                   schedule[0] if schedule else "dense", args.arch, args.n_per_class,

@@ -168,7 +168,8 @@ def test_zca_is_fitted_on_the_distillation_split_and_kept(small_train):
 def test_budget10_settings_apply_to_bases_memories_only():
     """The budget-10 choice of bench/tune.py (K, T, lr, iterations) reaches `bases`
     memories at budget >= 10, and nothing else: not budget 1, not `images` memories, not
-    callers that opt out (the continual learner, the tuner)."""
+    callers that opt out (the continual learner, the tuner). The preset's per-dataset
+    settings reach `bases` memories only, too."""
     from memdistill.config import BUDGET10_SETTINGS, preset_values
     from memdistill.continual import create_strategy
 
@@ -201,10 +202,10 @@ def test_budget10_settings_apply_to_bases_memories_only():
     assert (own.outer.regression_steps, own.outer.iterations) == (0, 200)
     # the per-dataset settings were chosen for ``bases`` memories: an ``images`` memory (and the
     # continual learner's ``images`` task memories) gets the preset alone, on every dataset
+    alone = preset_values("cpu", ["outer.iterations", "outer.regression_steps", "outer.average",
+                                  "evaluation.augment", "evaluation.every"])
     for dataset in ("mnist", "fashion-mnist"):
         img = resolve("cpu", dataset, 1, kind="images")
-        alone = preset_values("cpu", ["outer.iterations", "outer.regression_steps", "outer.average",
-                                      "evaluation.augment", "evaluation.every"])
         assert (img.outer.iterations, img.outer.regression_steps, img.outer.average, img.evaluation.augment,
                 img.evaluation.every) == tuple(alone.values()) == (200, 0, 0.0, "none", 25)
         task = create_strategy("images", preset="cpu").task_config(0, dataset, (1, 28, 28), 2)
