@@ -22,6 +22,8 @@
 #   STRONG_BUDGET=10   with STRONG=1: the stronger protocol at 10 images per class instead (per class
 #                      only; shared, memories, herding and random: finetune and joint are the budget-1
 #                      runs'), written as continual_strong_*_ipc10_*.json
+#   BENCHMARKS="..."   with STRONG=1: the benchmarks to run (default: split-mnist
+#                      split-fashion-mnist many:mnist,fashion-mnist)
 #   SMOKE=1            a minimal check of the script (Split MNIST, seed 0, both budget modes,
 #                      1 distillation iteration, 5 classifier steps) written to $SMOKE_OUT
 #                      (default /tmp/continual_smoke), never to docs/
@@ -84,7 +86,7 @@ if [[ ${STRONG:-0} == 1 ]]; then  # the per-class runs (the longer ones) alterna
   mine() { [[ $half == all || $half == "$1" ]]; }  # half a or b
   i=0  # (seed, benchmark) pairs so far; the pair's per-class run goes to half a when i is even
   for s in $SEEDS; do
-    for b in split-mnist split-fashion-mnist many:mnist,fashion-mnist; do
+    for b in ${BENCHMARKS:-split-mnist split-fashion-mnist many:mnist,fashion-mnist}; do
       if ((i % 2 == 0)); then first=a other=b; else first=b other=a; fi
       if mine $first; then run "$b" --budget-ipc "$budget" "$s"; fi
       if [[ $budget == 1 ]] && mine $other; then run "$b" --budget-total-ipc 1 "$s"; fi  # fixed total: budget 1 only

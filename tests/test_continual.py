@@ -339,6 +339,24 @@ def test_task_memories_size_themselves_and_keep_the_preset_schedule_at_budget_10
     assert img.memory.kind == "images" and img.inner.steps == 10
 
 
+def test_auto_bases_follow_the_budget_and_the_task_classes():
+    """Below 10 images per class a task gets at most the paper's 16 bases; from 10 on 6.4
+    per class of the task (64 for 10 classes, the single-task budget-10 K), at least 16 and
+    at most 64; never more than half of the task's floats."""
+    from memdistill.continual import auto_num_bases
+    from memdistill.continual.shared import ragged_sizes
+    from memdistill.continual.strategies import StrategyOptions
+
+    mnist = (1, 28, 28)
+    assert [auto_num_bases(b, mnist, 10, 2) for b in (1, 9.5, 10, 50)] == [16, 16, 64, 64]
+    assert [auto_num_bases(10, mnist, n, 2) for n in (2, 5, 20)] == [16, 32, 64]
+    assert auto_num_bases(1, mnist, 2, 2) == 4  # half of the task's 1568 floats
+    assert auto_num_bases(10, mnist, 10, 1) == 50 and auto_num_bases(10, mnist, 10, 2, cap=16) == 16
+    # MANY at budget 10: two 10-class tasks of 64 new bases each, 102 and 51 slots per class
+    sizes = ragged_sizes(StrategyOptions(budget_ipc=10), mnist, [10, 10], 20)
+    assert sizes == [(64, [102]), (128, [102, 51])]
+
+
 def test_settings_and_budgets_are_checked_before_any_work():
     from memdistill.continual import create_strategy
 

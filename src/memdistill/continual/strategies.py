@@ -161,17 +161,34 @@ class StrategyOptions:
         return stored_float_budget(self.budget_ipc, image_shape, seen)
 
 
-def auto_num_bases(budget_ipc: float, image_shape: tuple[int, int, int], num_classes: int,
-                   downsample: int, cap: int = 16) -> int:
-    """Bases for a task memory: the most (up to ``cap``, the paper's K = 16) whose floats
-    take at most half of the task's budget, leaving the other half for addressing.
+def auto_bases_cap(budget_ipc: float, num_classes: int) -> int:
+    """The most bases :func:`auto_num_bases` gives a task of ``num_classes`` classes: the
+    paper's K = 16 below 10 images per class; from 10 on, the single-task budget-10
+    setting's 64 bases for 10 classes (:data:`~memdistill.config.BUDGET10_SETTINGS`) in
+    proportion to the task's classes, at least 16 and at most 64.
 
-    Split MNIST at budget 1 (2 classes, 1568 floats, 14x14 bases): K = 4, r = 98.
+    Chosen on the validation split at budget 10 (docs/CONTINUAL.md, "Bases per task at
+    budget 10"): MANY's 10-class tasks scored best with 64 of 16 / 32 / 64 / 128 bases;
+    Split MNIST's 2-class tasks better with 16 than 40.
+    """
+    if budget_ipc < 10:
+        return 16
+    return min(64, max(16, 64 * num_classes // 10))
+
+
+def auto_num_bases(budget_ipc: float, image_shape: tuple[int, int, int], num_classes: int,
+                   downsample: int, cap: int | None = None) -> int:
+    """Bases for a task memory: the most (up to ``cap``, by default :func:`auto_bases_cap`)
+    whose floats take at most half of the task's budget, leaving the other half for
+    addressing.
+
+    Split MNIST at budget 1 (2 classes, 1568 floats, 14x14 bases): K = 4, r = 98; at
+    budget 10: K = 16; MANY's 10-class tasks at budget 10: K = 64.
     """
     c, h, w = image_shape
     per_basis = c * (h // downsample) * (w // downsample)
     half = stored_float_budget(budget_ipc, image_shape, num_classes) // 2
-    return max(1, min(cap, half // per_basis))
+    return max(1, min(auto_bases_cap(budget_ipc, num_classes) if cap is None else cap, half // per_basis))
 
 
 def local_view(data: ImageDataset, classes: tuple[int, ...]) -> ImageDataset:
