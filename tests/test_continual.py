@@ -357,6 +357,32 @@ def test_auto_bases_follow_the_budget_and_the_task_classes():
     assert sizes == [(64, [102]), (128, [102, 51])]
 
 
+def test_tasks_that_take_more_than_16_bases_keep_the_budget_10_schedule():
+    """A 10-class task at budget 10 distills with the preset's long truncated unrolls (as a
+    single-task memory of 64 bases does); 2-class tasks and budget 1 keep the budget-1
+    schedule, in both strategies that distill bases, and flags still win."""
+    from memdistill.config import BUDGET10_SETTINGS, base_schedule
+    from memdistill.continual import create_strategy
+
+    long = BUDGET10_SETTINGS["cpu-quick"]
+    short = base_schedule("cpu-quick")
+    assert short["inner.steps"] != long["inner.steps"]
+
+    def schedule(cfg):
+        keys = ("inner.steps", "outer.window", "outer.random_truncation", "outer.lr", "outer.pool_size")
+        return {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in keys}
+
+    for budget, classes, expect in ((10, 10, long), (10, 2, short), (1, 10, short)):
+        shared = create_strategy("shared", budget_ipc=budget, preset="cpu-quick").task_config(0, "mnist", 64, classes)
+        mem = create_strategy("memories", budget_ipc=budget, preset="cpu-quick").task_config(
+            0, "mnist", (1, 28, 28), classes)
+        for cfg in (shared, mem):
+            assert schedule(cfg) == {k: expect[k] for k in schedule(cfg)}, (budget, classes)
+    assert shared.memory.num_bases == 64  # the caller's K, not the budget-10 setting's
+    mine = create_strategy("shared", budget_ipc=10, preset="cpu-quick", distill_overrides={"inner.steps": 50})
+    assert mine.task_config(0, "mnist", 64, 10).inner.steps == 50
+
+
 def test_settings_and_budgets_are_checked_before_any_work():
     from memdistill.continual import create_strategy
 

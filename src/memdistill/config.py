@@ -550,7 +550,8 @@ PRESET_DATASET_SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
 # outer.average = 0 and outer.regression_steps = 0 at budget 10 undo the cpu preset's MNIST
 # averaging and Fashion-MNIST regression phase (measured at budget 1 only); being keys here,
 # they are also among base_schedule's flags, so the continual learner's task memories and
-# bench/tune.py run without averaging or regression, as before, on every dataset.
+# bench/tune.py run without averaging or regression, as before, on every dataset (continual
+# tasks of 10 or more classes at budget 10 take these settings themselves: task_schedule).
 BUDGET10_SETTINGS: dict[str, dict[str, Any]] = {
     "cpu-quick": {"memory.num_bases": 64, "inner.steps": 300, "outer.window": 20, "outer.random_truncation": True,
                   "outer.lr": 0.003, "outer.iterations": 20, "outer.pool_size": 0},
@@ -565,8 +566,9 @@ def base_schedule(preset: str) -> dict[str, Any]:
     when it has none): what a budget-1 run of the preset uses.
 
     A caller that sizes its memories itself at every budget (the continual learner's task
-    memories) or that chooses these settings (``bench/tune.py``) passes them as ``flags``
-    to :func:`resolve`, where they win over the budget settings."""
+    memories of at most 16 bases, :func:`memdistill.continual.strategies.task_schedule`) or
+    that chooses these settings (``bench/tune.py``) passes them as ``flags`` to
+    :func:`resolve`, where they win over the budget settings."""
     return preset_values(preset, BUDGET10_SETTINGS.get(preset, {}))
 
 

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..config import DistillConfig, base_schedule, resolve
+from ..config import DistillConfig, resolve
 from ..data import ImageDataset
 from ..distill import Distiller
 from ..errors import ConfigError
@@ -44,7 +44,7 @@ from ..evaluate import TrainingSet, herding_order
 from ..memory import BasesMemory, principal_bases, save_memory, solve_addressing, solve_slots
 from ..memory.types import real_per_class
 from .benchmarks import Benchmark
-from .strategies import STRATEGIES, Strategy, StrategyOptions, auto_num_bases, local_view
+from .strategies import STRATEGIES, Strategy, StrategyOptions, auto_num_bases, local_view, task_schedule
 
 __all__ = ["SharedStrategy", "SharedDistiller", "RaggedDistiller", "RaggedBlock", "ReplaySource", "shared_sizes",
            "ragged_sizes", "extend_bases", "evict_slots", "project_onto_bases", "grow_memory", "resize_slots",
@@ -390,13 +390,14 @@ class SharedStrategy(Strategy):
     def ragged(self) -> bool:
         return self.options.shared_layout == "ragged"
 
-    def task_config(self, index: int, dataset: str, num_bases: int) -> DistillConfig:
-        """Task ``index``'s distillation: the preset's budget-1 schedule, ``num_bases``
-        bases, then ``distill_overrides``."""
+    def task_config(self, index: int, dataset: str, num_bases: int, num_classes: int) -> DistillConfig:
+        """Task ``index``'s distillation: the schedule of :func:`.task_schedule` for a
+        memory sized for ``num_classes`` classes (the task's own in the ``ragged`` layout,
+        all seen in ``dense``), ``num_bases`` bases, then ``distill_overrides``."""
         o = self.options
         flags = {"memory.kind": "bases", "seed": o.seed + index, "zca": 0.0, "evaluation.every": 0,
-                 "evaluation.at_start": False, **base_schedule(o.preset), "memory.num_bases": num_bases,
-                 "memory.downsample": o.downsample}
+                 "evaluation.at_start": False, **task_schedule(o.preset, o.budget_ipc, num_classes),
+                 "memory.num_bases": num_bases, "memory.downsample": o.downsample}
         return resolve(o.preset, dataset, o.budget_ipc, kind="bases", flags=flags, flags_source="continual",
                        sets=o.distill_overrides.items(), sets_source="distill_overrides")
 
@@ -417,7 +418,7 @@ class SharedStrategy(Strategy):
             for t in range(benchmark.num_tasks):
                 k, _ = shared_sizes(self.options, benchmark.image_shape, benchmark.classes_seen(t),
                                     benchmark.num_classes, k)
-        mc = self.task_config(0, benchmark.train.name, k).memory
+        mc = self.task_config(0, benchmark.train.name, k, benchmark.classes_seen(0)).memory
         if mc.learned_labels or mc.label_space != "onehot" or mc.kind != "bases":
             raise ConfigError("shared: the memory must be a one-hot 'bases' memory without learned labels "
                               "(drop memory.learned_labels / memory.label_space / memory.kind overrides)")
@@ -433,7 +434,7 @@ class SharedStrategy(Strategy):
             raise ConfigError("shared (ragged): call begin(benchmark) before the first task")
         k, slots = self._plan[index]
         c, h, w = self.image_shape
-        cfg = self.task_config(index, data.name, k)
+        cfg = self.task_config(index, data.name, k, len(classes))
         g = torch.Generator().manual_seed(cfg.seed)
         local = local_view(data, classes)
         frozen = 0 if self.bases is None else self.bases.shape[0]
@@ -461,7 +462,7 @@ class SharedStrategy(Strategy):
         frozen = self.memory  # the memory as it stood before this task; never modified
         k, r = shared_sizes(o, self.image_shape, seen, self.final_classes,
                             0 if frozen is None else frozen.tensors["bases"].shape[0])
-        cfg = self.task_config(index, data.name, k)
+        cfg = self.task_config(index, data.name, k, seen)
         start = grow_memory(frozen, local_view(data, classes), k, r, o.downsample,
                             torch.Generator().manual_seed(cfg.seed))
         recalled = frozen.recall() if frozen is not None else (
