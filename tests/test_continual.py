@@ -373,12 +373,12 @@ def test_tasks_that_take_more_than_16_bases_keep_the_budget_10_schedule():
         return {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in keys}
 
     for budget, classes, expect in ((10, 10, long), (10, 2, short), (1, 10, short)):
-        shared = create_strategy("shared", budget_ipc=budget, preset="cpu-quick").task_config(0, "mnist", 64, classes)
+        shared = create_strategy("shared", budget_ipc=budget, preset="cpu-quick").task_config(0, "mnist", 48, classes)
         mem = create_strategy("memories", budget_ipc=budget, preset="cpu-quick").task_config(
             0, "mnist", (1, 28, 28), classes)
         for cfg in (shared, mem):
             assert schedule(cfg) == {k: expect[k] for k in schedule(cfg)}, (budget, classes)
-    assert shared.memory.num_bases == 64  # the caller's K, not the budget-10 setting's
+        assert shared.memory.num_bases == 48  # the caller's K, not the budget-10 setting's 64
     mine = create_strategy("shared", budget_ipc=10, preset="cpu-quick", distill_overrides={"inner.steps": 50})
     assert mine.task_config(0, "mnist", 64, 10).inner.steps == 50
 
