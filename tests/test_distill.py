@@ -168,7 +168,8 @@ def test_zca_is_fitted_on_the_distillation_split_and_kept(small_train):
 def test_budget10_settings_apply_to_bases_memories_only():
     """The budget-10 choice of bench/tune.py (K, T, lr, iterations) reaches `bases`
     memories at budget >= 10, and nothing else: not budget 1, not `images` memories, not
-    callers that opt out (the continual learner, the tuner). The preset's per-dataset
+    callers that opt out (the continual learner's tasks of at most 16 bases, the tuner;
+    tests/test_continual.py checks its larger tasks). The preset's per-dataset
     settings reach `bases` memories only, too."""
     from memdistill.config import BUDGET10_SETTINGS, preset_values
     from memdistill.continual import create_strategy

@@ -161,6 +161,9 @@ class StrategyOptions:
         return stored_float_budget(self.budget_ipc, image_shape, seen)
 
 
+PAPER_BASES = 16  # the paper's K: a task memory's most bases below 10 images per class
+
+
 def auto_bases_cap(budget_ipc: float, num_classes: int) -> int:
     """The most bases :func:`auto_num_bases` gives a task of ``num_classes`` classes: the
     paper's K = 16 below 10 images per class; from 10 on, the single-task budget-10
@@ -172,8 +175,8 @@ def auto_bases_cap(budget_ipc: float, num_classes: int) -> int:
     Split MNIST's 2-class tasks better with 16 than 40.
     """
     if budget_ipc < 10:
-        return 16
-    return min(64, max(16, 64 * num_classes // 10))
+        return PAPER_BASES
+    return min(64, max(PAPER_BASES, 64 * num_classes // 10))
 
 
 def task_schedule(preset: str, budget_ipc: float, num_classes: int) -> dict[str, Any]:
@@ -186,7 +189,7 @@ def task_schedule(preset: str, budget_ipc: float, num_classes: int) -> dict[str,
     10 its 64-basis memories ended 3.5 points below their own start with the short unrolls,
     level with it with the long ones; the Split benchmarks' 16-basis tasks gain from the
     short unrolls (docs/CONTINUAL.md, "Bases per task at budget 10")."""
-    return {} if auto_bases_cap(budget_ipc, num_classes) > 16 else base_schedule(preset)
+    return {} if auto_bases_cap(budget_ipc, num_classes) > PAPER_BASES else base_schedule(preset)
 
 
 def auto_num_bases(budget_ipc: float, image_shape: tuple[int, int, int], num_classes: int,
