@@ -307,6 +307,74 @@ def test_subspace_views_add_each_class_projected_onto_the_earlier_spans():
         StrategyOptions(shared_layout="dense", subspace_views=True)
 
 
+def test_task_context_learns_the_new_block_against_the_earlier_recalls(monkeypatch):
+    """``task_context``: from the second task on, the block's distillation holds every
+    class seen. The inner network's memory starts with the earlier classes' stored
+    recalls (their rows, padded and resampled) before the new rows fitted as without
+    context; the outer loss reads only those recalls for the earlier classes and real
+    images for the new ones. The earlier bases and blocks stay bit for bit, the stored
+    block holds the task's classes only, storage is as without context, and the new block
+    ends elsewhere than without context from the same start."""
+    b = _synthetic_benchmark(classes=6, tasks=3)
+    seen = []
+
+    class Recording(shared_mod.RaggedDistiller):
+        def __init__(self, config, local, initial_memory, frozen, device="cpu", context=None, old_classes=0):
+            super().__init__(config, local, initial_memory, frozen, device, context, old_classes)
+            seen.append((local, initial_memory, frozen, old_classes, self._inputs.real, self._inputs.class_index))
+
+        def run(self, *args, **kwargs):
+            result = super().run(*args, **kwargs)
+            ends.append(result.memory.tensors["addressing"].detach().clone())
+            return result
+
+    monkeypatch.setattr(shared_mod, "RaggedDistiller", Recording)
+    runs, ends = {}, []
+    for context in (False, True):
+        seen.clear()
+        strat = create_strategy("shared", budget_ipc=2, task_context=context,
+                                distill_overrides={**TINY_DISTILL, "outer.iterations": 2, "outer.lr": 0.05})
+        strat.begin(b)
+        starts, blocks = [], []
+        for task in b.stream():
+            old = task.classes[0]
+            before_bases = None if strat.bases is None else strat.bases.clone()
+            before = [blk.addressing.clone() for blk in strat.blocks]
+            recalls = strat._recall_blocks() if strat.blocks else None
+            strat.learn_task(task.index, task.classes, task.train)
+            local, start, frozen, old_classes, source, class_index = seen[-1]
+            n = len(task.classes)
+            starts.append(start.tensors["addressing"][:, -n:].clone())
+            blocks.append(strat.blocks[-1].addressing.clone())
+            assert strat.blocks[-1].addressing.shape[1] == n
+            if before_bases is not None:
+                assert torch.equal(strat.bases[:frozen], before_bases)
+                assert all(torch.equal(blk.addressing, a) for blk, a in zip(strat.blocks, before))
+            if not context or old == 0:
+                assert old_classes == 0 and local.num_classes == n and start.num_classes == n
+                continue
+            assert old_classes == old and local.num_classes == old + n and start.num_classes == old + n
+            rows = start.tensors["addressing"][:, :old]
+            assert torch.equal(ends[-1][:, :old], rows)  # the earlier classes' rows did not move
+            for c in range(old):  # each context row is one of the class's stored rows, padded
+                blk = next(blk for blk in strat.blocks if blk.first <= c < blk.first + blk.addressing.shape[1])
+                stored = F.pad(blk.addressing[:, c - blk.first], (0, strat.bases.shape[0] - blk.addressing.shape[2]))
+                assert all(any(torch.equal(row, s) for s in stored) for row in rows[:, c])
+                idx = class_index[c]
+                assert bool((idx >= source.n).all())  # recalled examples only
+                x, y = source.batch(idx)
+                assert torch.equal(y, recalls[1][recalls[1] == c]) and torch.equal(x, recalls[0][recalls[1] == c])
+            for c in range(old, old + n):
+                assert bool((class_index[c] < source.n).all())
+        runs[context] = (strat.floats_stored(), starts, blocks)
+    (f0, s0, b0), (f1, s1, b1) = runs[False], runs[True]
+    assert f0 == f1
+    assert torch.equal(s0[0], s1[0]) and torch.equal(b0[0], b1[0])  # the first task has no earlier classes
+    assert torch.equal(s0[1], s1[1]) and not torch.allclose(b0[1], b1[1])  # same start, other end
+    with pytest.raises(ConfigError, match="task_context applies to the 'ragged' shared layout only"):
+        StrategyOptions(shared_layout="dense", task_context=True)
+
+
 def test_old_classes_are_trained_only_on_recalls_of_the_frozen_copy(monkeypatch):
     """While task t is current the earlier classes' outer-loss examples are exactly
     the frozen pre-task memory's recalls (never real images), the frozen copy is not

@@ -42,6 +42,10 @@ def add_arguments(cl: argparse.ArgumentParser) -> None:
                          "fewer bases earlier classes address (nothing more is stored); on the validation split "
                          "it helped Split Fashion-MNIST and hurt Split MNIST and MANY at budget 1 "
                          "(docs/CONTINUAL.md)")
+    cl.add_argument("--task-context", action="store_true",
+                    help="shared (ragged): distil each task's block with the earlier classes' recalls in the inner "
+                         "training set and the outer loss (the new classes learnt against the earlier ones; "
+                         "nothing more is stored)")
     cl.add_argument("--distill-seconds", type=float,
                     help="wall-time limit of each task's distillation (memories, images, shared)")
     cl.add_argument("--save-memory", metavar="FILE.safetensors",
@@ -101,7 +105,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     device = str(_device(args.device))
     options = StrategyOptions(budget_ipc=ipc, budget_mode=mode, budget_total=args.budget_total,
                               replay_weight=weight, shared_layout=args.shared_layout,
-                              subspace_views=args.subspace_views,
+                              subspace_views=args.subspace_views, task_context=args.task_context,
                               distill_seconds=args.distill_seconds,
                               preset=args.preset, distill_overrides=overrides,
                               num_bases=args.bases or 0, downsample=args.downsample,

@@ -47,7 +47,7 @@ from .benchmarks import Benchmark
 from .strategies import STRATEGIES, Strategy, StrategyOptions, auto_num_bases, local_view, task_schedule
 
 __all__ = ["SharedStrategy", "SharedDistiller", "RaggedDistiller", "RaggedBlock", "ReplaySource", "shared_sizes",
-           "ragged_sizes", "extend_bases", "evict_slots", "project_onto_bases", "grow_memory", "resize_slots",
+           "context_addressing", "ragged_sizes", "extend_bases", "evict_slots", "project_onto_bases", "grow_memory", "resize_slots",
            "replay_class_weight", "save_shared_memory", "check_memory_export"]
 
 
@@ -323,23 +323,46 @@ class RaggedDistiller(Distiller):
     earlier classes' recalls read) get no update: their meta-gradient is zeroed before
     the outer step, so they stay bit for bit as they were (Adam and SGD move nothing
     along a gradient that is always zero). The validation evaluation at the end of a run
-    is skipped (the continual learner tests the memory)."""
+    is skipped (the continual learner tests the memory).
+
+    With ``context`` (``StrategyOptions.task_context``) the earlier classes take part:
+    ``local`` then holds every class seen (labels ``0..seen-1``, real images for the
+    task's classes only), ``initial_memory`` addresses all of them, its first
+    ``old_classes`` addressing rows (the earlier classes' recalls, resampled to the
+    memory's slots) are frozen like the earlier bases, and the outer loss reads the
+    ``context`` recalls ``(x, y)`` for the earlier classes (:class:`ReplaySource`): the
+    task's block is distilled so that a network trained on it **and** on the earlier
+    classes' recalls tells all of them apart.
+    """
 
     def __init__(self, config: DistillConfig, local: ImageDataset, initial_memory: BasesMemory, frozen: int,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", context: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 old_classes: int = 0) -> None:
         super().__init__(config, local, device=device, initial_memory=initial_memory)
         if not 0 <= frozen <= initial_memory.tensors["bases"].shape[0]:
             raise ConfigError(f"frozen must be in [0, {initial_memory.tensors['bases'].shape[0]}], got {frozen}")
-        self.frozen = frozen
+        if not 0 <= old_classes < initial_memory.num_classes or (old_classes > 0) != (context is not None):
+            raise ConfigError(f"old_classes ({old_classes}) must be in [0, {initial_memory.num_classes}) and "
+                              "positive exactly when context recalls are given")
+        self.frozen, self.old_classes = frozen, old_classes
+        if context is not None:
+            source = ReplaySource(self._inputs.real, context[0].to(self.device), context[1].to(self.device))
+            self._inputs = dataclasses.replace(self._inputs, real=source,
+                                               class_index=source.class_index(self.train.num_classes))
 
     def outer_gradient(self, memory, iteration, members=None):
         result = super().outer_gradient(memory, iteration, members)
-        if not self.frozen:
+        if not self.frozen and not self.old_classes:
             return result
         grads = list(result.grads)
-        i = list(memory.names).index("bases")
-        grads[i] = grads[i].clone()
-        grads[i][: self.frozen] = 0
+        for name, part in (("bases", self.frozen), ("addressing", self.old_classes)):
+            if part:
+                i = list(memory.names).index(name)
+                grads[i] = grads[i].clone()
+                if name == "bases":
+                    grads[i][:part] = 0
+                else:
+                    grads[i][:, :part] = 0
         return dataclasses.replace(result, grads=type(result.grads)(grads))
 
     def evaluate_memory(self, memory, split=None):
@@ -358,6 +381,22 @@ class RaggedBlock:
         """The block as a memory of its ``n`` classes (labels ``0..n-1``) on its bases."""
         r, n, k = self.addressing.shape
         return BasesMemory({"bases": bases[:k], "addressing": self.addressing}, image_shape, n, r)
+
+
+def context_addressing(blocks: Sequence[RaggedBlock], num_bases: int, slots: int,
+                       generator: torch.Generator) -> torch.Tensor:
+    """The earlier classes' addressing ``(slots, L_old, num_bases)`` for a task's
+    distillation with context: each block's rows zero-padded to ``num_bases`` bases (so
+    they recall exactly what they store), brought to ``slots`` per class by a random
+    subset or by cycling through them (drawn with ``generator``). Used only while the
+    task distils, never stored."""
+    rows = []
+    for block in blocks:
+        r, _, k = block.addressing.shape
+        a = F.pad(block.addressing.detach().float(), (0, num_bases - k))
+        order = torch.randperm(r, generator=generator)
+        rows.append(a[order[torch.arange(slots) % r]])
+    return torch.cat(rows, dim=1)
 
 
 def project_onto_bases(images: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
@@ -445,14 +484,25 @@ class SharedStrategy(Strategy):
                 block.addressing = evict_slots(block.addressing, slots[j], g)
             else:
                 block.addressing = resize_slots(block.addressing.double(), bases[:kj], slots[j], g, (h, w)).float()
-        addressing = solve_addressing(bases, real_per_class(local, slots[-1], g))
-        start = BasesMemory({"bases": bases.float(), "addressing": addressing.float()}, (c, h, w), len(classes),
-                            slots[-1])
-        result = RaggedDistiller(cfg, local, start, frozen, device=o.device).run(progress=o.progress,
-                                                                                  time_limit=o.distill_seconds)
+        addressing = solve_addressing(bases, real_per_class(local, slots[-1], g)).float()
+        if o.task_context and self.blocks:  # the earlier classes' recalls join the task's distillation
+            old = classes[0]
+            context = self._recall_blocks()
+            full = torch.cat([context_addressing(self.blocks, k, slots[-1], g), addressing], dim=1)
+            start = BasesMemory({"bases": bases.float(), "addressing": full}, (c, h, w), old + len(classes),
+                                slots[-1])
+            current = dataclasses.replace(data, classes=tuple(data.classes[:old + len(classes)]), extra_labels={})
+            distiller = RaggedDistiller(cfg, current, start, frozen, device=o.device, context=context,
+                                        old_classes=old)
+        else:
+            old = 0
+            start = BasesMemory({"bases": bases.float(), "addressing": addressing}, (c, h, w), len(classes),
+                                slots[-1])
+            distiller = RaggedDistiller(cfg, local, start, frozen, device=o.device)
+        result = distiller.run(progress=o.progress, time_limit=o.distill_seconds)
         tensors = {n: v.detach().cpu() for n, v in result.memory.tensors.items()}
         self.bases = tensors["bases"]
-        self.blocks.append(RaggedBlock(classes[0], tensors["addressing"]))
+        self.blocks.append(RaggedBlock(classes[0], tensors["addressing"][:, old:].contiguous()))
         return {"layout": "ragged", "num_bases": k, "new_bases": k - frozen, "slots_per_class": slots,
                 "distill_iterations": result.iterations, "memory_options": result.memory.options()}
 
@@ -476,6 +526,15 @@ class SharedStrategy(Strategy):
         self.memory = memory
         return {"layout": "dense", "num_bases": k, "slots_per_class": r, "distill_iterations": result.iterations,
                 "replayed_examples": int(len(recalled[1])), "memory_options": memory.options()}
+
+    def _recall_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every stored recall of the ``ragged`` memory and its class: ``(x, y)``."""
+        xs, ys = [], []
+        for block in self.blocks:
+            x, y = block.memory(self.bases, self.image_shape).recall()
+            xs.append(x)
+            ys.append(y + block.first)
+        return torch.cat(xs), torch.cat(ys)
 
     def training_set(self, current):
         if not self.ragged:

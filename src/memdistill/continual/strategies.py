@@ -99,6 +99,12 @@ class StrategyOptions:
             nothing of its class (an earlier class's recalls span only the bases that
             existed when it arrived; real test images span everything). Computed from
             the memory when the classifier trains; nothing more is stored.
+        task_context: ``shared`` with the ``ragged`` layout only: each task's block is
+            distilled with the earlier classes in the inner network's training set (their
+            stored recalls, unchanged) and in the outer loss (those recalls stand in for
+            their data), so the new classes are learnt against the earlier ones, not
+            against each other alone (:class:`~.shared.RaggedDistiller`). Off: the block
+            is distilled on the task's own classes.
         distill_seconds: wall-time limit of each task's distillation (``memories``,
             ``images``, ``shared``; ``None``: the iteration count alone decides).
         device: where distillation runs.
@@ -111,6 +117,7 @@ class StrategyOptions:
     replay_weight: str | float = "classes"
     shared_layout: str = "ragged"
     subspace_views: bool = False
+    task_context: bool = False
     distill_seconds: float | None = None
     preset: str = "cpu-quick"
     distill_overrides: dict[str, Any] = field(default_factory=dict)
@@ -144,6 +151,9 @@ class StrategyOptions:
         if self.subspace_views and self.shared_layout != "ragged":
             raise ConfigError("subspace_views applies to the 'ragged' shared layout only (in the 'dense' layout "
                               "every class spans every basis); drop --subspace-views or --shared-layout dense")
+        if self.task_context and self.shared_layout != "ragged":
+            raise ConfigError("task_context applies to the 'ragged' shared layout only (the 'dense' layout always "
+                              "distils every class seen); drop --task-context or --shared-layout dense")
         if self.distill_seconds is not None and not self.distill_seconds > 0:
             raise ConfigError(f"distill_seconds must be > 0 seconds or None, got {self.distill_seconds}")
 
