@@ -97,6 +97,30 @@ def test_bases_per_task_tables_are_the_json_rendered(name, also):
     assert mod.table(mod.load(folder, patterns)) == committed
 
 
+@pytest.mark.parametrize("name, split, also", [
+    ("fashion_b1", "validation", {"base": "continual_val_fashion/base", "base-start": "continual_val_fashion/base-start"}),
+    ("fashion_b10", "validation", {"base": "continual_val_fashion_b10/base"}),
+    ("split_mnist_b1", "validation", {"base": "continual_val_split_mnist_b1/base",
+                                      "base-start": "continual_val_split_mnist_b1/base-start"}),
+    ("many_b1", "validation", {"base": "continual_val_many_b1/base", "base-start": "continual_val_many_b1/base-start"}),
+    ("fashion_b1", "test", {"base": "continual_strong_split-fashion-mnist_ipc1",
+                            "base-start": "continual_strong_start_split-fashion-mnist_ipc1"}),
+])
+def test_task_context_tables_are_the_json_rendered(name, split, also):
+    """docs/CONTINUAL.md's ``--task-context`` tables are the committed runs (context on,
+    on the split named) beside the runs without it they are compared with."""
+    mod = load_script("continual_val_table")
+    bench = ROOT / "docs" / "bench"
+    folder = bench / ("continual_val_context" if split == "validation" else "continual_context_test") / name
+    for path in sorted(folder.glob("*.json")):
+        argv = json.loads(path.read_text())["argv"]
+        assert "--task-context" in argv and ("--validation" in argv) == (split == "validation"), path.name
+    patterns = {k: str(bench / f"{v}_s{{order}}.json") for k, v in also.items()}
+    key = f"continual_{'val' if split == 'validation' else 'test'}_context_{name}"
+    committed = doc_block((ROOT / "docs" / "CONTINUAL.md").read_text(), key)
+    assert mod.table(mod.load(folder, patterns)) == committed
+
+
 def _run_file(path, orders_scores):
     path.write_text(json.dumps({"results": [{"strategy": k, "final_average_accuracy": v / 100}
                                             for k, v in orders_scores.items()]}))

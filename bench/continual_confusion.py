@@ -1,0 +1,92 @@
+"""Which classes a continual run confuses after its last task: one ``memdistill continual``
+run of one strategy, and the confusion matrix (true class by predicted class, over the
+classes seen) of the classifier trained after the last task, on the split the run tests.
+
+    python bench/continual_confusion.py --benchmark split-fashion-mnist --budget-total-ipc 1 \\
+        --seed 0 --validation --iterations 0 --out confusion.json
+
+The run's settings are the stronger protocol's of docs/CONTINUAL.md (``cpu-quick``,
+width-16 inner network, a width-32 classifier trained for 1000 SGD steps of batch 64,
+200 test images per class, at most 60 s of distillation per task); ``--iterations 0``
+scores each task's memory as initialised. Writes a JSON with the final average accuracy,
+the per-task accuracies and the matrix, and prints the matrix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from memdistill.continual import LearnerConfig, StrategyOptions, create_benchmark
+from memdistill.continual import _learner
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--benchmark", default="split-fashion-mnist")
+    budget = ap.add_mutually_exclusive_group()
+    budget.add_argument("--budget-ipc", type=float, default=1.0)
+    budget.add_argument("--budget-total-ipc", type=float)
+    ap.add_argument("--strategy", default="shared")
+    ap.add_argument("--seed", type=int, default=0, help="class order (and every other seed of the run)")
+    ap.add_argument("--validation", action="store_true", help="test on held-out training images")
+    ap.add_argument("--iterations", type=int, default=40, help="outer distillation iterations per task")
+    ap.add_argument("--bases", type=int, default=0, help="new bases per task (0: automatic)")
+    ap.add_argument("--root", default=os.environ.get("MEMDISTILL_DATA"))
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+
+    bench = create_benchmark(args.benchmark, root=args.root, seed=args.seed)
+    if args.validation:
+        bench = bench.validation(seed=args.seed)
+    total = args.budget_total_ipc is not None
+    options = StrategyOptions(budget_ipc=args.budget_total_ipc if total else args.budget_ipc,
+                              budget_mode="total" if total else "per-class", preset="cpu-quick",
+                              distill_overrides={"inner.width": 16, "outer.iterations": args.iterations},
+                              num_bases=args.bases, seed=args.seed, distill_seconds=60)
+    learner = LearnerConfig(width=32, steps=1000, batch_size=64, test_per_class=200, seed=args.seed)
+
+    matrices: dict[int, torch.Tensor] = {}
+    test_accuracy = _learner._test
+
+    @torch.no_grad()
+    def recording_test(model, test, seen, device):  # the learner's own test, plus the matrix
+        x, y = test.batch(torch.arange(len(test)), device=device)
+        pred = model(x)[:, :seen].argmax(1).cpu()
+        m = torch.zeros(seen, seen, dtype=torch.long)
+        m.index_put_((y.cpu(), pred), torch.ones_like(pred), accumulate=True)
+        matrices[seen] = m
+        return test_accuracy(model, test, seen, device)
+
+    _learner._test = recording_test
+    try:
+        result = _learner.run_continual(bench, args.strategy, options, learner)
+    finally:
+        _learner._test = test_accuracy
+    m = matrices[bench.num_classes]
+    names = list(bench.class_names)
+    record = {"argv": sys.argv, "benchmark": bench.name, "strategy": args.strategy, "seed": args.seed,
+              "class_names": names, "tasks": [list(t) for t in bench.tasks],
+              "final_average_accuracy": result.seen_accuracy[-1],
+              "per_task_accuracy": result.per_task_accuracy[-1], "confusion": m.tolist()}
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(args.out)
+    short = [n[:8] for n in names]
+    print(f"{bench.name} {args.strategy}: final average accuracy {100 * result.seen_accuracy[-1]:.1f}%, per task "
+          + ", ".join(f"{100 * a:.1f}" for a in result.per_task_accuracy[-1]))
+    print("rows: true class; columns: predicted")
+    print(" " * 9 + " ".join(f"{n:>8}" for n in short))
+    for i, row in enumerate(m.tolist()):
+        print(f"{short[i]:>8} " + " ".join(f"{v:8d}" for v in row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
