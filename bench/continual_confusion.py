@@ -26,6 +26,23 @@ from memdistill.continual import LearnerConfig, StrategyOptions, create_benchmar
 from memdistill.continual import _learner
 
 
+def first_task_table(records: list[dict]) -> str:
+    """A Markdown table of where the first task's test images go after the last task: per
+    run and class, the images classed right (of the class's test images) and the class
+    that took the most of the others."""
+    lines = ["| run | first task's class | right | most taken by (its task) |", "|---|---|---|---|"]
+    for r in records:
+        m, names, tasks = r["confusion"], r["class_names"], r["tasks"]
+        task_of = {c: j + 1 for j, t in enumerate(tasks) for c in t}
+        budget = r.get("budget", "")
+        for c in tasks[0]:
+            row = m[c]
+            other = max((k for k in range(len(row)) if k != c), key=lambda k: row[k])
+            lines.append(f"| {budget}, order {r['seed']}, {r['final_average_accuracy'] * 100:.1f}% | {names[c]} | "
+                         f"{row[c]} / {sum(row)} | {names[other]} {row[other]} (task {task_of[other]}) |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--benchmark", default="split-fashion-mnist")
@@ -38,8 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=40, help="outer distillation iterations per task")
     ap.add_argument("--bases", type=int, default=0, help="new bases per task (0: automatic)")
     ap.add_argument("--root", default=os.environ.get("MEMDISTILL_DATA"))
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--table", nargs="+", type=Path, metavar="RUN.json",
+                    help="print the first task's table of these runs' JSON and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        print(first_task_table([json.loads(p.read_text()) for p in args.table]))
+        return 0
+    if args.out is None:
+        ap.error("--out is required (or --table)")
     torch.set_num_threads(1)
 
     bench = create_benchmark(args.benchmark, root=args.root, seed=args.seed)
@@ -71,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         _learner._test = test_accuracy
     m = matrices[bench.num_classes]
     names = list(bench.class_names)
-    record = {"argv": sys.argv, "benchmark": bench.name, "strategy": args.strategy, "seed": args.seed,
+    budget = (f"total {args.budget_total_ipc:g}" if total else f"{args.budget_ipc:g} per class") + (
+        f", {args.bases} bases per task" if args.bases else "") + (", start" if args.iterations == 0 else "")
+    record = {"argv": sys.argv, "benchmark": bench.name, "strategy": args.strategy, "seed": args.seed, "budget": budget,
               "class_names": names, "tasks": [list(t) for t in bench.tasks],
               "final_average_accuracy": result.seen_accuracy[-1],
               "per_task_accuracy": result.per_task_accuracy[-1], "confusion": m.tolist()}

@@ -121,6 +121,23 @@ def test_task_context_tables_are_the_json_rendered(name, split, also):
     assert mod.table(mod.load(folder, patterns)) == committed
 
 
+def test_first_task_confusion_table_is_the_json_rendered():
+    """docs/CONTINUAL.md's table of where the first task's images go is what
+    ``bench/continual_confusion.py --table`` renders from the committed runs (validation
+    split, each row's count out of the class's images, the most-confused class of a
+    later task)."""
+    mod = load_script("continual_confusion")
+    folder = ROOT / "docs" / "bench" / "continual_confusion"
+    names = ["b1_s0", "b1_s1", "start_total_s0", "start_total_s1", "start_total_k6_s0", "start_total_k6_s1"]
+    records = [json.loads((folder / f"{n}.json").read_text()) for n in names]
+    assert sorted(p.stem for p in folder.glob("*.json")) == sorted(names)
+    for r in records:
+        assert "--validation" in r["argv"] and len(r["confusion"]) == 10
+        assert sum(map(sum, r["confusion"])) == 2000
+    committed = doc_block((ROOT / "docs" / "CONTINUAL.md").read_text(), "continual_confusion")
+    assert mod.first_task_table(records) == committed
+
+
 def _run_file(path, orders_scores):
     path.write_text(json.dumps({"results": [{"strategy": k, "final_average_accuracy": v / 100}
                                             for k, v in orders_scores.items()]}))
