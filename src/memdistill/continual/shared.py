@@ -47,8 +47,8 @@ from .benchmarks import Benchmark
 from .strategies import STRATEGIES, Strategy, StrategyOptions, auto_num_bases, local_view, task_schedule
 
 __all__ = ["SharedStrategy", "SharedDistiller", "RaggedDistiller", "RaggedBlock", "ReplaySource", "shared_sizes",
-           "context_addressing", "ragged_sizes", "extend_bases", "evict_slots", "project_onto_bases", "grow_memory", "resize_slots",
-           "replay_class_weight", "save_shared_memory", "check_memory_export"]
+           "context_addressing", "ragged_sizes", "extend_bases", "evict_slots", "project_onto_bases", "grow_memory",
+           "resize_slots", "replay_class_weight", "save_shared_memory", "check_memory_export"]
 
 
 # ------------------------------------------------------------------ sizes
@@ -354,15 +354,12 @@ class RaggedDistiller(Distiller):
         result = super().outer_gradient(memory, iteration, members)
         if not self.frozen and not self.old_classes:
             return result
-        grads = list(result.grads)
-        for name, part in (("bases", self.frozen), ("addressing", self.old_classes)):
-            if part:
-                i = list(memory.names).index(name)
-                grads[i] = grads[i].clone()
-                if name == "bases":
-                    grads[i][:part] = 0
-                else:
-                    grads[i][:, :part] = 0
+        grads, names = list(result.grads), list(memory.names)
+        frozen = {"bases": (slice(None, self.frozen),), "addressing": (slice(None), slice(None, self.old_classes))}
+        for name, index in frozen.items():  # earlier bases; earlier classes' rows (slots, classes, bases)
+            i = names.index(name)
+            grads[i] = grads[i].clone()
+            grads[i][index] = 0
         return dataclasses.replace(result, grads=type(result.grads)(grads))
 
     def evaluate_memory(self, memory, split=None):
