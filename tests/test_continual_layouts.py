@@ -105,6 +105,8 @@ def test_bases_per_task_tables_are_the_json_rendered(name, also):
     ("many_b1", "validation", {"base": "continual_val_many_b1/base", "base-start": "continual_val_many_b1/base-start"}),
     ("fashion_b1", "test", {"base": "continual_strong_split-fashion-mnist_ipc1",
                             "base-start": "continual_strong_start_split-fashion-mnist_ipc1"}),
+    ("split_mnist_b1", "test", {"base": "continual_strong_split-mnist_ipc1",
+                                "base-start": "continual_strong_start_split-mnist_ipc1"}),
 ])
 def test_task_context_tables_are_the_json_rendered(name, split, also):
     """docs/CONTINUAL.md's ``--task-context`` tables are the committed runs (context on,
