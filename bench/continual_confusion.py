@@ -1,6 +1,7 @@
 """Which classes a continual run confuses after its last task: one ``memdistill continual``
 run of one strategy, and the confusion matrix (true class by predicted class, over the
-classes seen) of the classifier trained after the last task, on the split the run tests.
+classes seen) of the classifier trained after the last task, on the split the run tests
+(``ContinualResult.final_confusion``, which every ``memdistill continual`` JSON also holds).
 
     python bench/continual_confusion.py --benchmark split-fashion-mnist --budget-total-ipc 1 \\
         --seed 0 --validation --iterations 0 --out confusion.json
@@ -22,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from memdistill.continual import LearnerConfig, StrategyOptions, create_benchmark
-from memdistill.continual import _learner
+from memdistill.continual import LearnerConfig, StrategyOptions, create_benchmark, run_continual
 
 
 def first_task_table(records: list[dict]) -> str:
@@ -76,24 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                               num_bases=args.bases, seed=args.seed, distill_seconds=60)
     learner = LearnerConfig(width=32, steps=1000, batch_size=64, test_per_class=200, seed=args.seed)
 
-    matrices: dict[int, torch.Tensor] = {}
-    test_accuracy = _learner._test
-
-    @torch.no_grad()
-    def recording_test(model, test, seen, device):  # the learner's own test, plus the matrix
-        x, y = test.batch(torch.arange(len(test)), device=device)
-        pred = model(x)[:, :seen].argmax(1).cpu()
-        m = torch.zeros(seen, seen, dtype=torch.long)
-        m.index_put_((y.cpu(), pred), torch.ones_like(pred), accumulate=True)
-        matrices[seen] = m
-        return test_accuracy(model, test, seen, device)
-
-    _learner._test = recording_test
-    try:
-        result = _learner.run_continual(bench, args.strategy, options, learner)
-    finally:
-        _learner._test = test_accuracy
-    m = matrices[bench.num_classes]
+    result = run_continual(bench, args.strategy, options, learner)
+    m = torch.tensor(result.final_confusion)
     names = list(bench.class_names)
     budget = (f"total {args.budget_total_ipc:g}" if total else f"{args.budget_ipc:g} per class") + (
         f", {args.bases} bases per task" if args.bases else "") + (", start" if args.iterations == 0 else "")

@@ -178,6 +178,9 @@ def test_every_strategy_stays_within_the_budget_after_every_task(strategy, budge
     opts = StrategyOptions(budget_ipc=budget, distill_overrides=TINY_DISTILL, **layout)
     r = run_continual(b, strategy, opts, LearnerConfig(steps=3, width=8, batch_size=16))
     assert len(r.floats_stored) == len(r.budget_floats) == b.num_tasks
+    m = torch.tensor(r.final_confusion)  # the last task's accuracies are its diagonal
+    assert m.shape == (4, 4) and m.sum(1).tolist() == [10] * 4 and r.to_dict()["final_confusion"] == m.tolist()
+    assert r.per_task_accuracy[-1] == pytest.approx([float(m.diagonal()[list(t)].sum()) / 20 for t in b.tasks])
     assert r.classes_seen == [2, 4] and r.budget_mode == "per-class"
     d = 16 * 16
     for t in range(b.num_tasks):

@@ -81,6 +81,8 @@ class ContinualResult:
     for the classes seen then (``None`` for unbounded strategies); ``classes_seen[t]`` the
     classes seen after task ``t``. ``budget_mode`` is ``per-class`` or ``total``
     (``budget_ipc`` is then images per class of the final class count).
+    ``final_confusion[i][j]``: after the last task, the test images of class ``i``
+    classified as ``j`` (which classes a run forgets into which).
     """
 
     benchmark: str
@@ -95,6 +97,7 @@ class ContinualResult:
     budget_floats: list[int | None] = field(default_factory=list)
     task_seconds: list[float] = field(default_factory=list)
     task_info: list[dict[str, Any]] = field(default_factory=list)
+    final_confusion: list[list[int]] = field(default_factory=list)
     memory: Any = field(default=None, repr=False, compare=False)  # the strategy's final_memory(); not saved
 
     @property
@@ -141,15 +144,15 @@ def _train(model: torch.nn.Module, data: TrainingSet, seen: int, cfg: LearnerCon
 
 
 @torch.no_grad()
-def _test(model: torch.nn.Module, test: ImageDataset, seen: int, device) -> torch.Tensor:
-    """Per-class accuracy ``(seen,)`` with predictions restricted to seen classes."""
-    correct = torch.zeros(seen)
+def _confusion(model: torch.nn.Module, test: ImageDataset, seen: int, device) -> torch.Tensor:
+    """Confusion matrix ``(seen, seen)`` (row: true class, column: prediction, restricted
+    to the seen classes) of ``model`` on ``test``."""
+    m = torch.zeros(seen * seen, dtype=torch.long)
     for s in range(0, len(test), 2000):
         x, y = test.batch(torch.arange(s, min(s + 2000, len(test))), device=device)
         pred = model(x)[:, :seen].argmax(1)
-        correct += torch.bincount(y[pred == y].cpu(), minlength=seen)[:seen].float()
-    counts = torch.bincount(test.labels, minlength=seen)[:seen].float()
-    return correct / counts.clamp(min=1)
+        m += torch.bincount((y * seen + pred).cpu(), minlength=seen * seen)
+    return m.view(seen, seen)
 
 
 def run_continual(
@@ -190,8 +193,9 @@ def run_continual(
             _train(model, _as_training_set(strat.training_set(data), learner.device), seen, learner, g)
             del data
             test = benchmark.test_seen(task.index, learner.test_per_class)
-            per_class = _test(model, test, seen, learner.device)
-            counts = torch.bincount(test.labels, minlength=seen)[:seen].float()
+            confusion = _confusion(model, test, seen, learner.device)
+            counts = confusion.sum(1).float()
+            per_class = confusion.diagonal().float() / counts.clamp(min=1)
             result.seen_accuracy.append(float((per_class * counts).sum() / counts.sum()))
             result.per_task_accuracy.append(
                 [float(per_class[list(benchmark.tasks[j])].mean()) for j in range(task.index + 1)])
@@ -200,6 +204,7 @@ def run_continual(
             result.classes_seen.append(seen)
             result.task_seconds.append(time.perf_counter() - t0)
             result.task_info.append(info)
+            result.final_confusion = confusion.tolist()
             bar.set_postfix(acc=f"{100 * result.seen_accuracy[-1]:.1f}")
             bar.update(1)
             if callback is not None:

@@ -286,6 +286,16 @@ class ReplaySource:
         return x, y
 
 
+def _replay_recalls(distiller: Distiller, recalled: tuple[torch.Tensor, torch.Tensor],
+                    class_weight: torch.Tensor | None = None) -> None:
+    """Point ``distiller``'s outer loss at its real images for the classes they hold and
+    at the ``recalled`` examples ``(x, y)`` for the others (:class:`ReplaySource`)."""
+    source = ReplaySource(distiller._inputs.real, recalled[0].to(distiller.device), recalled[1].to(distiller.device))
+    distiller._inputs = dataclasses.replace(distiller._inputs, real=source,
+                                            class_index=source.class_index(distiller.train.num_classes),
+                                            class_weight=class_weight)
+
+
 class SharedDistiller(Distiller):
     """A :class:`~memdistill.distill.Distiller` of the shared memory over every class
     seen: the outer loss reads ``current``'s real images for the task's classes and only
@@ -303,10 +313,7 @@ class SharedDistiller(Distiller):
                  initial_memory: BasesMemory, class_weight: torch.Tensor | None = None,
                  device: str | torch.device = "cpu") -> None:
         super().__init__(config, current, device=device, initial_memory=initial_memory)
-        source = ReplaySource(self._inputs.real, recalled[0].to(self.device), recalled[1].to(self.device))
-        self._inputs = dataclasses.replace(self._inputs, real=source,
-                                           class_index=source.class_index(self.train.num_classes),
-                                           class_weight=class_weight)
+        _replay_recalls(self, recalled, class_weight)
 
     @property
     def source(self) -> ReplaySource:
@@ -346,9 +353,7 @@ class RaggedDistiller(Distiller):
                               "positive exactly when context recalls are given")
         self.frozen, self.old_classes = frozen, old_classes
         if context is not None:
-            source = ReplaySource(self._inputs.real, context[0].to(self.device), context[1].to(self.device))
-            self._inputs = dataclasses.replace(self._inputs, real=source,
-                                               class_index=source.class_index(self.train.num_classes))
+            _replay_recalls(self, context)
 
     def outer_gradient(self, memory, iteration, members=None):
         result = super().outer_gradient(memory, iteration, members)
@@ -524,29 +529,26 @@ class SharedStrategy(Strategy):
         return {"layout": "dense", "num_bases": k, "slots_per_class": r, "distill_iterations": result.iterations,
                 "replayed_examples": int(len(recalled[1])), "memory_options": memory.options()}
 
-    def _recall_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every stored recall of the ``ragged`` memory and its class: ``(x, y)``."""
-        xs, ys = [], []
-        for block in self.blocks:
-            x, y = block.memory(self.bases, self.image_shape).recall()
-            xs.append(x)
-            ys.append(y + block.first)
-        return torch.cat(xs), torch.cat(ys)
-
-    def training_set(self, current):
-        if not self.ragged:
-            return TrainingSet(*self.memory.recall())
+    def _recall_blocks(self, views: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every stored recall of the ``ragged`` memory and its class: ``(x, y)``; with
+        ``views``, each block's recalls followed by their projections onto every smaller
+        span an earlier block addresses (``subspace_views``)."""
         xs, ys = [], []
         spans = sorted({b.addressing.shape[2] for b in self.blocks})
         for block in self.blocks:
             x, y = block.memory(self.bases, self.image_shape).recall()
             xs.append(x)
             ys.append(y + block.first)
-            if self.options.subspace_views:
+            if views:
                 for k in (k for k in spans if k < block.addressing.shape[2]):
                     xs.append(project_onto_bases(x, self.bases[:k]))
                     ys.append(y + block.first)
-        return TrainingSet(torch.cat(xs), torch.cat(ys))
+        return torch.cat(xs), torch.cat(ys)
+
+    def training_set(self, current):
+        if not self.ragged:
+            return TrainingSet(*self.memory.recall())
+        return TrainingSet(*self._recall_blocks(self.options.subspace_views))
 
     def floats_stored(self):
         if self.ragged:
