@@ -1,6 +1,7 @@
 """Which augmentation the evaluator should train with, per dataset, chosen on the
 validation split (docs/RESULTS.md, "The evaluator's augmentation at budget 1"), and with
-which learning-rate schedule (``--lr-schedules``; "The evaluator's learning-rate schedule").
+which learning-rate schedule (``--lr-schedules``; "The evaluator's learning-rate schedule"),
+rate (``--lr``) and batch size (``--batch-size``; "The evaluator's batch size and rate").
 
 A memory distilled by the CLI (``memdistill distill ... --out FILE``) holds out the
 validation split its configuration records. For each augmentation named, this script
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, help="evaluation width (default: the file's)")
     p.add_argument("--epochs", type=int, help="evaluation epochs (default: the file's)")
     p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the file's)")
+    p.add_argument("--lr", type=float, help="evaluation SGD learning rate (default: the file's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-herding", action="store_true")
     p.add_argument("--sets", default="memory,start,herding",
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
         sets["herding"] = TrainingSet(d.train.subset(idx))
     ec = cfg.evaluation
     ec = replace(ec, width=args.width or ec.width, epochs=args.epochs or ec.epochs,
-                 batch_size=args.batch_size or ec.batch_size)
+                 batch_size=args.batch_size or ec.batch_size, lr=args.lr or ec.lr)
     rows = []
     for a, s in [(a, s) for a in augments for s in schedules]:
         row = {"augment": a, "lr_schedule": s}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -119,10 +120,17 @@ def test_distill_info_show_evaluate_end_to_end(data_root, tmp_path, capsys):
                  "--out", str(ev), "--no-progress", "--references", "herding", "--lr-schedule", "step"]) == 0
     rec = json.loads(ev.read_text())
     assert set(rec["results"]["convnet"]) == {"memory", "herding_real"} and rec["lr_schedule"] == "step"
+    # lr and batch size: the file's recorded evaluation values unless flags say otherwise
+    recorded = json.loads(Path(str(out)[:-len(".safetensors")] + ".config.json").read_text())["evaluation"]
+    assert (rec["lr"], rec["batch_size"]) == (recorded["lr"], recorded["batch_size"])
     assert "starting point: skipped (--references)" in capsys.readouterr().out
     assert main(["evaluate", str(out), "--runs", "1", "--epochs", "2", "--width", "8", "--root", str(data_root),
-                 "--out", str(ev), "--no-progress", "--references", "none"]) == 0
-    assert set(json.loads(ev.read_text())["results"]["convnet"]) == {"memory"}
+                 "--out", str(ev), "--no-progress", "--references", "none", "--lr", "0.03", "--batch-size", "50"]) == 0
+    rec = json.loads(ev.read_text())
+    assert set(rec["results"]["convnet"]) == {"memory"} and (rec["lr"], rec["batch_size"]) == (0.03, 50)
+    assert main(["evaluate", str(out), "--runs", "1", "--epochs", "2", "--width", "8", "--root", str(data_root),
+                 "--out", str(ev), "--no-progress", "--references", "none", "--batch-size", "0"]) == 2
+    assert "batch_size" in capsys.readouterr().err
     capsys.readouterr()
     assert main(["evaluate", str(out), "--references", "start,best", "--root", str(data_root)]) == 2
     assert "--references 'start,best': name one or more of start, random, herding" in capsys.readouterr().err

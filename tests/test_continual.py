@@ -258,6 +258,34 @@ def test_reports_table_json_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_balanced_classifier_batches_draw_every_class_equally_often():
+    from memdistill.continual._learner import _train
+    from memdistill.evaluate import TrainingSet
+
+    # 90 examples of class 0, 10 of class 1; each image holds its class in every pixel
+    y = torch.cat([torch.zeros(90, dtype=torch.long), torch.ones(10, dtype=torch.long)])
+    data = TrainingSet(y.float().view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous(), y)
+    seen_labels = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(16, 2)
+
+        def forward(self, x):
+            seen_labels.append(x[:, 0, 0, 0].round().long())
+            return self.linear(x.flatten(1))
+
+    def share_of_class_1(balanced: bool) -> float:
+        seen_labels.clear()
+        _train(Spy(), data, 2, LearnerConfig(steps=200, batch_size=32, balanced=balanced),
+               torch.Generator().manual_seed(0))
+        return float(torch.cat(seen_labels).float().mean())
+
+    assert share_of_class_1(False) == pytest.approx(0.1, abs=0.02)  # passes over the examples
+    assert share_of_class_1(True) == pytest.approx(0.5, abs=0.03)   # 6 400 draws, sd 0.006
+
+
 # ------------------------------------------------------------ real Split MNIST
 def test_memories_beat_finetune_on_split_mnist(split_mnist):
     learner = LearnerConfig(steps=100, width=16, batch_size=64, test_per_class=100)

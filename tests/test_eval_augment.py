@@ -1,4 +1,4 @@
-"""``bench/eval_augment.py``: the evaluator's augmentation and learning-rate schedule
+"""``bench/eval_augment.py``: the evaluator's augmentation, learning-rate schedule, rate and batch size
 tried on a memory file's validation split, each row as ``evaluate`` scores it."""
 
 from __future__ import annotations
@@ -41,3 +41,10 @@ def test_every_augmentation_with_every_schedule_on_the_validation_split(data_roo
                         "--out", str(out)]) == 0
     assert [(r["augment"], r["lr_schedule"]) for r in json.loads(out.read_text())["rows"]] == [
         (cfg.evaluation.augment, "constant")]
+    # the evaluator's learning rate and batch size, when given, replace the file's
+    assert script.main([str(mem), "--runs", "1", "--width", "8", "--epochs", "1", "--sets", "memory",
+                        "--lr", "0.03", "--batch-size", "50", "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert (rec["evaluator"]["lr"], rec["evaluator"]["batch_size"]) == (0.03, 50)
+    ec = replace(cfg.evaluation, width=8, epochs=1, lr=0.03, batch_size=50)
+    assert rec["rows"][0]["memory"]["accuracies"] == evaluate(data, d.val, ec, runs=1, seed=cfg.seed).accuracies

@@ -68,6 +68,9 @@ def add_arguments(cl: argparse.ArgumentParser) -> None:
     cl.add_argument("--depth", type=int, help="classifier depth (default: the network's own; 4 for 64-pixel images)")
     cl.add_argument("--steps", type=int, default=300, help="classifier SGD steps after each task (default 300)")
     cl.add_argument("--batch-size", type=int, default=128)
+    cl.add_argument("--balanced", action="store_true",
+                    help="draw the classifier's batches class-balanced (each class equally often, whatever how "
+                         "many examples it holds; a shared memory holds more for its earlier classes)")
     cl.add_argument("--lr", type=float, default=0.01)
     cl.add_argument("--test-per-class", type=int, help="test on this many test images per seen class (default all)")
     cl.add_argument("--tasks", type=int, help="number of tasks of a split benchmark (e.g. 5, 10, 20 for CIFAR-100)")
@@ -115,6 +118,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     learner = LearnerConfig(training=args.training, arch=args.arch, width=args.width, depth=args.depth or 0,
                             steps=args.steps,
                             batch_size=args.batch_size, lr=args.lr, test_per_class=args.test_per_class,
+                            balanced=args.balanced,
                             seed=args.seed, device=device)
     bench_opts = {"root": args.root, "seed": args.seed}
     if args.tasks is not None:

@@ -29,6 +29,11 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
                    help="learning rate over the epochs: constant; step (divided by 10 from half the epochs on, "
                         "as DC/DSA/MTT evaluate); cosine (decayed to 0). Default: the evaluation schedule the file "
                         "records, else constant")
+    v.add_argument("--lr", type=float, help="SGD learning rate of every network (default: the evaluation lr the "
+                                           "file records, else 0.01)")
+    v.add_argument("--batch-size", type=int, help="examples per SGD step (default: the evaluation batch size the "
+                                                  "file records, else 640: one full batch for a few hundred "
+                                                  "recalled examples)")
     v.add_argument("--first-pad", type=int,
                    help="padding of convnet's first convolution (default: 3 for 1-channel images as in DC/DSA/MTT, "
                         "else 1; 1 gives the compact geometry of earlier versions)")
@@ -98,10 +103,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     recorded = (mf.meta.get("config") or {}).get("evaluation") or {}
     augment = args.augment or recorded.get("augment", "none")
     lr_schedule = args.lr_schedule or recorded.get("lr_schedule", "constant")
+    lr = args.lr if args.lr is not None else recorded.get("lr", TrainConfig.lr)
+    batch_size = args.batch_size if args.batch_size is not None else recorded.get("batch_size", TrainConfig.batch_size)
     record["augment"], record["schedule"], record["lr_schedule"] = augment, args.schedule, lr_schedule
+    record["lr"], record["batch_size"] = lr, batch_size
     for arch in [a.strip() for a in args.arch.split(",") if a.strip()]:
         tc = TrainConfig(arch=arch, arch_options=supported_options(arch, width=args.width, first_pad=args.first_pad),
-                         epochs=args.epochs, augment=augment, schedule=args.schedule, lr_schedule=lr_schedule)
+                         epochs=args.epochs, augment=augment, schedule=args.schedule, lr_schedule=lr_schedule,
+                         lr=lr, batch_size=batch_size)
         run = lambda data: evaluate(data, test, tc, runs=args.runs, seed=args.seed, device=device,  # noqa: E731
                                     progress=show, dist=dist)
         mem_res = run(TrainingSet(x, y, device=device))

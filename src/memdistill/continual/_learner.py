@@ -47,6 +47,12 @@ class LearnerConfig(TrainOptions):
         arch, width, depth: the classifier (a registry network, its width and depth).
         steps: optimiser steps after each task (fixed compute, whatever the data size).
         batch_size, lr, momentum: SGD settings.
+        balanced: draw every batch class-balanced (each class seen equally often, with
+            replacement, whatever how many examples it holds) instead of passing over the
+            examples in a shuffled order. A ``shared`` memory's ``ragged`` layout holds
+            more slots for the earlier classes than for the later ones (at budget 1 on
+            Split MNIST 98 against 19); exemplars and per-task memories hold as many
+            for every class, where the two samplers differ only in the draw.
         test_per_class: test on the first this-many test images of each seen class
             (``None``: the whole test split of those classes).
         seed: seeds the classifier's initialisation and batch order.
@@ -59,6 +65,7 @@ class LearnerConfig(TrainOptions):
     depth: int = 0  # 0: the network's default (ConvNet-4 suits 64-pixel images)
     steps: int = 300
     momentum: float = 0.9
+    balanced: bool = False
     test_per_class: int | None = None
     seed: int = 0
     device: str = "cpu"
@@ -129,18 +136,30 @@ def _train(model: torch.nn.Module, data: TrainingSet, seen: int, cfg: LearnerCon
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     n = len(data)
     order, pos = torch.randperm(n, generator=g), 0
+    weights = _balanced_weights(data.labels.cpu()) if cfg.balanced else None
     model.train()
     for _ in range(cfg.steps):
-        if pos >= n:
-            order, pos = torch.randperm(n, generator=g), 0
-        idx = order[pos : pos + cfg.batch_size]
-        pos += cfg.batch_size
+        if weights is not None:
+            idx = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=g)
+        else:
+            if pos >= n:
+                order, pos = torch.randperm(n, generator=g), 0
+            idx = order[pos : pos + cfg.batch_size]
+            pos += cfg.batch_size
         x, y = data.get(idx.to(data.device))
         loss = F.cross_entropy(model(x)[:, :seen], y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     model.eval()
+
+
+def _balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Sampling weights that draw every class equally often: ``1 / (examples of the
+    example's class)``; soft labels count for their most likely class."""
+    cls = labels.argmax(1) if labels.ndim == 2 else labels.long()
+    counts = torch.bincount(cls)
+    return 1.0 / counts[cls].double()
 
 
 @torch.no_grad()
