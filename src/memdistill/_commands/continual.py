@@ -116,10 +116,8 @@ def cmd_continual(args: argparse.Namespace) -> int:
                               init_from_previous=args.init_from_previous, seed=args.seed, device=device,
                               progress=not args.no_progress)
     learner = LearnerConfig(training=args.training, arch=args.arch, width=args.width, depth=args.depth or 0,
-                            steps=args.steps,
-                            batch_size=args.batch_size, lr=args.lr, test_per_class=args.test_per_class,
-                            balanced=args.balanced,
-                            seed=args.seed, device=device)
+                            steps=args.steps, batch_size=args.batch_size, lr=args.lr, balanced=args.balanced,
+                            test_per_class=args.test_per_class, seed=args.seed, device=device)
     bench_opts = {"root": args.root, "seed": args.seed}
     if args.tasks is not None:
         bench_opts["num_tasks"] = args.tasks
