@@ -307,6 +307,25 @@ def test_subspace_views_add_each_class_projected_onto_the_earlier_spans():
         StrategyOptions(shared_layout="dense", subspace_views=True)
 
 
+def test_context_batch_task_keeps_the_inner_batch_of_the_task_alone():
+    """``context_batch="task"``: with context the inner network draws ``n_per_class``
+    times the task's classes in all, spread over every class seen (at least one each);
+    ``"seen"`` draws ``n_per_class`` of every class seen. Recorded per task."""
+    b = _synthetic_benchmark(classes=6, tasks=3)
+    per_task = {}
+    for batch in ("seen", "task"):
+        strat = create_strategy("shared", budget_ipc=2, task_context=True, context_batch=batch,
+                                distill_overrides={**TINY_DISTILL, "outer.iterations": 1})
+        strat.begin(b)
+        per_task[batch] = [strat.learn_task(t.index, t.classes, t.train)["inner_per_class"] for t in b.stream()]
+    # TINY_DISTILL's 4 per class; 2-class tasks: 8 in all over 2, 4 and 6 classes seen
+    assert per_task == {"seen": [4, 4, 4], "task": [4, 2, 1]}
+    with pytest.raises(ConfigError, match="context_batch applies with task_context only"):
+        StrategyOptions(context_batch="task")
+    with pytest.raises(ConfigError, match="unknown context batch 'all'; valid: seen, task"):
+        StrategyOptions(task_context=True, context_batch="all")
+
+
 def test_task_context_learns_the_new_block_against_the_earlier_recalls(monkeypatch):
     """``task_context``: from the second task on, the block's distillation holds every
     class seen. The inner network's memory starts with the earlier classes' stored

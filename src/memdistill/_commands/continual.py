@@ -47,6 +47,9 @@ def add_arguments(cl: argparse.ArgumentParser) -> None:
                          "training set and the outer loss (the new classes learnt against the earlier ones; "
                          "nothing more is stored); better on the validation split of the Split benchmarks at "
                          "budget 1, worse on the test split of Split Fashion-MNIST and on MANY (docs/CONTINUAL.md)")
+    cl.add_argument("--context-batch", choices=("seen", "task"), default="seen",
+                    help="with --task-context, the inner batch: seen (the preset's recalls per class for every "
+                         "class seen, growing with them) or task (its size without context, spread over them)")
     cl.add_argument("--distill-seconds", type=float,
                     help="wall-time limit of each task's distillation (memories, images, shared)")
     cl.add_argument("--save-memory", metavar="FILE.safetensors",
@@ -110,6 +113,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     options = StrategyOptions(budget_ipc=ipc, budget_mode=mode, budget_total=args.budget_total,
                               replay_weight=weight, shared_layout=args.shared_layout,
                               subspace_views=args.subspace_views, task_context=args.task_context,
+                              context_batch=args.context_batch,
                               distill_seconds=args.distill_seconds,
                               preset=args.preset, distill_overrides=overrides,
                               num_bases=args.bases or 0, downsample=args.downsample,

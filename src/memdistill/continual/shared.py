@@ -489,6 +489,9 @@ class SharedStrategy(Strategy):
         addressing = solve_addressing(bases, real_per_class(local, slots[-1], g)).float()
         if o.task_context and self.blocks:  # the earlier classes' recalls join the task's distillation
             old = classes[0]
+            if o.context_batch == "task":  # the inner batch of the task alone, spread over every class seen
+                per = max(1, round(cfg.inner.n_per_class * len(classes) / (old + len(classes))))
+                cfg = dataclasses.replace(cfg, inner=dataclasses.replace(cfg.inner, n_per_class=per))
             context = self._recall_blocks()
             full = torch.cat([context_addressing(self.blocks, k, slots[-1], g), addressing], dim=1)
             start = BasesMemory({"bases": bases.float(), "addressing": full}, (c, h, w), old + len(classes),
@@ -506,7 +509,8 @@ class SharedStrategy(Strategy):
         self.bases = tensors["bases"]
         self.blocks.append(RaggedBlock(classes[0], tensors["addressing"][:, old:].contiguous()))
         return {"layout": "ragged", "num_bases": k, "new_bases": k - frozen, "slots_per_class": slots,
-                "distill_iterations": result.iterations, "memory_options": result.memory.options()}
+                "distill_iterations": result.iterations, "inner_per_class": cfg.inner.n_per_class,
+                "memory_options": result.memory.options()}
 
     def _learn_dense(self, index, classes, data):
         o = self.options

@@ -44,6 +44,7 @@ from .benchmarks import Benchmark
 
 __all__ = [
     "BUDGET_MODES",
+    "CONTEXT_BATCHES",
     "SHARED_LAYOUTS",
     "STRATEGIES",
     "Strategy",
@@ -60,6 +61,8 @@ STRATEGIES: Registry[Callable[..., "Strategy"]] = Registry("continual strategy")
 BUDGET_MODES = ("per-class", "total")
 # how the ``shared`` strategy's classes address its bases (StrategyOptions.shared_layout)
 SHARED_LAYOUTS = ("ragged", "dense")
+# the inner batch of a task's distillation with context (StrategyOptions.context_batch)
+CONTEXT_BATCHES = ("seen", "task")
 
 
 @dataclass
@@ -105,6 +108,11 @@ class StrategyOptions:
             their data), so the new classes are learnt against the earlier ones, not
             against each other alone (:class:`~.shared.RaggedDistiller`). Off: the block
             is distilled on the task's own classes.
+        context_batch: with ``task_context``, the inner network's batch: ``"seen"``
+            draws ``inner.n_per_class`` recalls of every class seen, so steps grow with the
+            classes (and a wall-time limit ends the later tasks' distillations sooner);
+            ``"task"`` keeps the batch at the size it has without context (``n_per_class``
+            times the task's classes, spread over every class seen, at least one each).
         distill_seconds: wall-time limit of each task's distillation (``memories``,
             ``images``, ``shared``; ``None``: the iteration count alone decides).
         device: where distillation runs.
@@ -118,6 +126,7 @@ class StrategyOptions:
     shared_layout: str = "ragged"
     subspace_views: bool = False
     task_context: bool = False
+    context_batch: str = "seen"
     distill_seconds: float | None = None
     preset: str = "cpu-quick"
     distill_overrides: dict[str, Any] = field(default_factory=dict)
@@ -154,6 +163,12 @@ class StrategyOptions:
         if self.task_context and self.shared_layout != "ragged":
             raise ConfigError("task_context applies to the 'ragged' shared layout only (the 'dense' layout always "
                               "distils every class seen); drop --task-context or --shared-layout dense")
+        if self.context_batch not in CONTEXT_BATCHES:
+            raise ConfigError(f"unknown context batch {self.context_batch!r}; valid: {', '.join(CONTEXT_BATCHES)} "
+                              "(seen: n_per_class recalls of every class seen; task: the batch without context)")
+        if self.context_batch != "seen" and not self.task_context:
+            raise ConfigError("context_batch applies with task_context only; add --task-context or drop "
+                              "--context-batch")
         if self.distill_seconds is not None and not self.distill_seconds > 0:
             raise ConfigError(f"distill_seconds must be > 0 seconds or None, got {self.distill_seconds}")
 
