@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from memdistill._io import atomic_write_json
 from memdistill.continual import LearnerConfig, StrategyOptions, create_benchmark, run_continual
 
 
@@ -81,13 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     names = list(bench.class_names)
     budget = (f"total {args.budget_total_ipc:g}" if total else f"{args.budget_ipc:g} per class") + (
         f", {args.bases} bases per task" if args.bases else "") + (", start" if args.iterations == 0 else "")
-    record = {"argv": sys.argv, "benchmark": bench.name, "strategy": args.strategy, "seed": args.seed, "budget": budget,
+    record = {"argv": [sys.argv[0], *(sys.argv[1:] if argv is None else argv)], "benchmark": bench.name,
+              "strategy": args.strategy, "seed": args.seed, "budget": budget,
               "class_names": names, "tasks": [list(t) for t in bench.tasks],
               "final_average_accuracy": result.seen_accuracy[-1],
               "per_task_accuracy": result.per_task_accuracy[-1], "confusion": m.tolist()}
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(args.out)
+    atomic_write_json(args.out, record)
     short = [n[:8] for n in names]
     print(f"{bench.name} {args.strategy}: final average accuracy {100 * result.seen_accuracy[-1]:.1f}%, per task "
           + ", ".join(f"{100 * a:.1f}" for a in result.per_task_accuracy[-1]))
