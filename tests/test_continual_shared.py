@@ -307,6 +307,62 @@ def test_subspace_views_add_each_class_projected_onto_the_earlier_spans():
         StrategyOptions(shared_layout="dense", subspace_views=True)
 
 
+def test_fill_later_bases_adds_a_later_slot_on_the_later_bases_only():
+    """Each filled slot keeps its own coefficients on its ``k`` bases and takes, on the
+    bases after them, exactly the coefficients of one later slot (zero-padded where
+    that slot's block has fewer bases); the draw follows the generator."""
+    g = torch.Generator().manual_seed(0)
+    own = torch.randn(3, 2, 4, generator=g)  # (r, n, k): 3 slots of 2 classes on 4 bases
+    later = [torch.randn(5, 2, 8, generator=g), torch.randn(2, 1, 12, generator=g)]
+    rows = torch.cat([F.pad(later[0], (0, 4)).reshape(-1, 12), later[1].reshape(-1, 12)])
+    filled = shared_mod.fill_later_bases(own, later, 12, torch.Generator().manual_seed(1))
+    assert filled.shape == (3, 2, 12)
+    assert torch.equal(filled[..., :4], own)
+    tails = filled[..., 4:].reshape(-1, 8)
+    for tail in tails:
+        assert any(torch.equal(tail, row[4:]) for row in rows)
+    assert len({tuple(t.tolist()) for t in tails}) > 1  # drawn, not one row repeated
+    again = shared_mod.fill_later_bases(own, later, 12, torch.Generator().manual_seed(1))
+    assert torch.equal(again, filled)
+
+
+def test_fill_later_puts_a_filled_copy_before_each_earlier_blocks_recalls():
+    """``fill_later``: the classifier's training set holds, before each block that later
+    blocks extend, a copy of its recalls filled on the later bases (same labels, the
+    same recall on the block's own bases: their difference lies in the span of the
+    later bases alone); the last block has none; the stored memory is unchanged."""
+    b = _synthetic_benchmark(classes=6, tasks=3)
+    runs = {}
+    for fill in (False, True):
+        strat = create_strategy("shared", budget_ipc=2, fill_later=fill,
+                                distill_overrides={**TINY_DISTILL, "outer.iterations": 0})
+        strat.begin(b)
+        for task in b.stream():
+            strat.learn_task(task.index, task.classes, task.train)
+        runs[fill] = (strat, strat.training_set(None))
+    (plain, ts0), (filled, ts1) = runs[False], runs[True]
+    assert torch.equal(plain.bases, filled.bases) and plain.floats_stored() == filled.floats_stored()
+    assert torch.equal(runs[True][1].images, filled.training_set(None).images)  # seeded: the same draw again
+    x, y = ts1.images, ts1.labels
+    at, bases = 0, filled.bases
+    for j, blk in enumerate(filled.blocks):
+        own_x, own_y = blk.memory(bases, b.image_shape).recall()
+        n, k = len(own_y), blk.addressing.shape[2]
+        if j < len(filled.blocks) - 1:
+            copy = x[at:at + n]
+            assert torch.equal(y[at:at + n], own_y + blk.first)
+            diff = copy - own_x
+            assert diff.abs().max() > 1e-3  # something was added
+            residual = diff - shared_mod.project_onto_bases(diff, bases[k:])
+            assert residual.abs().max() < 1e-4  # ... on the later bases only
+            at += n
+        assert torch.equal(x[at:at + n], own_x) and torch.equal(y[at:at + n], own_y + blk.first)
+        at += n
+    assert at == len(y) and len(ts1.labels) > len(ts0.labels)
+    with pytest.raises(ConfigError, match="fill_later applies to the 'ragged' shared layout only"):
+        StrategyOptions(shared_layout="dense", fill_later=True)
+
+
 def test_context_batch_task_keeps_the_inner_batch_of_the_task_alone():
     """``context_batch="task"``: with context the inner network draws ``n_per_class``
     times the task's classes in all, spread over every class seen (at least one each);

@@ -37,6 +37,10 @@ def add_arguments(cl: argparse.ArgumentParser) -> None:
                     help="shared: ragged (default: each class addresses the bases that existed when it arrived; "
                          "earlier classes keep their recalls) or dense (every class addresses every basis, the "
                          "whole memory re-distilled with replay)")
+    cl.add_argument("--fill-later", action="store_true",
+                    help="shared (ragged): the classifier also trains on each earlier class's recalls with a "
+                         "random later slot's coefficients on the bases added since (nothing more is stored; "
+                         "docs/CONTINUAL.md)")
     cl.add_argument("--subspace-views", action="store_true",
                     help="shared (ragged): the classifier also trains on each class's recalls projected onto the "
                          "fewer bases earlier classes address (nothing more is stored); on the validation split "
@@ -112,8 +116,8 @@ def cmd_continual(args: argparse.Namespace) -> int:
     device = str(_device(args.device))
     options = StrategyOptions(budget_ipc=ipc, budget_mode=mode, budget_total=args.budget_total,
                               replay_weight=weight, shared_layout=args.shared_layout,
-                              subspace_views=args.subspace_views, task_context=args.task_context,
-                              context_batch=args.context_batch,
+                              subspace_views=args.subspace_views, fill_later=args.fill_later,
+                              task_context=args.task_context, context_batch=args.context_batch,
                               distill_seconds=args.distill_seconds,
                               preset=args.preset, distill_overrides=overrides,
                               num_bases=args.bases or 0, downsample=args.downsample,

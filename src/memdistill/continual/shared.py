@@ -46,6 +46,9 @@ from ..memory.types import real_per_class
 from .benchmarks import Benchmark
 from .strategies import STRATEGIES, Strategy, StrategyOptions, auto_num_bases, local_view, task_schedule
 
+# the filled copies' draws (fill_later): seeded from this, the run's seed and the task
+FILL_SEED = 1234
+
 __all__ = ["SharedStrategy", "SharedDistiller", "RaggedDistiller", "RaggedBlock", "ReplaySource", "shared_sizes",
            "context_addressing", "ragged_sizes", "extend_bases", "evict_slots", "project_onto_bases", "grow_memory",
            "resize_slots", "replay_class_weight", "save_shared_memory", "check_memory_export"]
@@ -411,6 +414,27 @@ def project_onto_bases(images: torch.Tensor, bases: torch.Tensor) -> torch.Tenso
     return view.recall()[0].to(images.dtype)
 
 
+def fill_later_bases(addressing: torch.Tensor, later: Sequence[torch.Tensor], num_bases: int,
+                     generator: torch.Generator) -> torch.Tensor:
+    """An earlier block's addressing ``(r, n, k)`` on all ``num_bases`` bases, each slot
+    with a random later slot's coefficients on the bases after its own ``k`` added.
+
+    An earlier class's recalls have no energy on the bases added after it arrived, while
+    every real image does; a classifier trained on the recalls learns that energy there
+    means a later class. With a copy of each earlier recall that carries the detail of a
+    random later slot there (drawn uniformly among every row of ``later``, the later
+    blocks' addressing ``(r_l, n_l, k_l)``, with ``generator``), that energy says nothing
+    of the class. Used only for the classifier's training set; nothing more is stored.
+    """
+    r, n, k = addressing.shape
+    pool = torch.cat([F.pad(a.detach().float(), (0, num_bases - a.shape[2])).reshape(-1, num_bases)
+                      for a in later])
+    pool[:, :k] = 0
+    pick = torch.randint(len(pool), (r * n,), generator=generator)
+    own = F.pad(addressing.detach().float(), (0, num_bases - k)).reshape(r * n, num_bases)
+    return (own + pool[pick]).reshape(r, n, num_bases)
+
+
 # --------------------------------------------------------------------- strategy
 @STRATEGIES.register("shared")
 class SharedStrategy(Strategy):
@@ -533,14 +557,26 @@ class SharedStrategy(Strategy):
         return {"layout": "dense", "num_bases": k, "slots_per_class": r, "distill_iterations": result.iterations,
                 "replayed_examples": int(len(recalled[1])), "memory_options": memory.options()}
 
-    def _recall_blocks(self, views: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _recall_blocks(self, views: bool = False, fill: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every stored recall of the ``ragged`` memory and its class: ``(x, y)``; with
         ``views``, each block's recalls followed by their projections onto every smaller
-        span an earlier block addresses (``subspace_views``)."""
+        span an earlier block addresses (``subspace_views``); with a ``fill`` generator,
+        each earlier block's recalls preceded by a copy filled on the later bases
+        (:func:`fill_later_bases`, ``fill_later``)."""
         xs, ys = [], []
         spans = sorted({b.addressing.shape[2] for b in self.blocks})
-        for block in self.blocks:
+        k_all = self.bases.shape[0] if self.blocks else 0
+        for j, block in enumerate(self.blocks):
             x, y = block.memory(self.bases, self.image_shape).recall()
+            later = [b.addressing for b in self.blocks[j + 1:] if b.addressing.shape[2] > block.addressing.shape[2]]
+            if fill is not None and later:
+                r, n, _ = block.addressing.shape
+                filled = fill_later_bases(block.addressing, later, k_all, fill)
+                xf, yf = BasesMemory({"bases": self.bases.float(), "addressing": filled}, self.image_shape, n,
+                                     r).recall()
+                xs.append(xf)
+                ys.append(yf + block.first)
             xs.append(x)
             ys.append(y + block.first)
             if views:
@@ -552,7 +588,10 @@ class SharedStrategy(Strategy):
     def training_set(self, current):
         if not self.ragged:
             return TrainingSet(*self.memory.recall())
-        return TrainingSet(*self._recall_blocks(self.options.subspace_views))
+        fill = None
+        if self.options.fill_later:  # drawn afresh for each task's classifier, from the run's seed
+            fill = torch.Generator().manual_seed(FILL_SEED + 1009 * self.options.seed + len(self.blocks))
+        return TrainingSet(*self._recall_blocks(self.options.subspace_views, fill))
 
     def floats_stored(self):
         if self.ragged:

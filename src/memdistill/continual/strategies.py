@@ -102,6 +102,13 @@ class StrategyOptions:
             nothing of its class (an earlier class's recalls span only the bases that
             existed when it arrived; real test images span everything). Computed from
             the memory when the classifier trains; nothing more is stored.
+        fill_later: ``shared`` with the ``ragged`` layout only: the classifier also
+            trains on a copy of each earlier class's recalls to which a random later
+            class's slot adds its coefficients on the bases added after the earlier class
+            arrived (:func:`~.shared.fill_later_bases`), so that energy on those bases
+            (which real images of every class have, and the earlier recalls lack) says
+            nothing of the class. Computed from the memory when the classifier trains;
+            nothing more is stored.
         task_context: ``shared`` with the ``ragged`` layout only: each task's block is
             distilled with the earlier classes in the inner network's training set (their
             stored recalls, unchanged) and in the outer loss (those recalls stand in for
@@ -125,6 +132,7 @@ class StrategyOptions:
     replay_weight: str | float = "classes"
     shared_layout: str = "ragged"
     subspace_views: bool = False
+    fill_later: bool = False
     task_context: bool = False
     context_batch: str = "seen"
     distill_seconds: float | None = None
@@ -160,6 +168,9 @@ class StrategyOptions:
         if self.subspace_views and self.shared_layout != "ragged":
             raise ConfigError("subspace_views applies to the 'ragged' shared layout only (in the 'dense' layout "
                               "every class spans every basis); drop --subspace-views or --shared-layout dense")
+        if self.fill_later and self.shared_layout != "ragged":
+            raise ConfigError("fill_later applies to the 'ragged' shared layout only (in the 'dense' layout every "
+                              "class spans every basis); drop --fill-later or --shared-layout dense")
         if self.task_context and self.shared_layout != "ragged":
             raise ConfigError("task_context applies to the 'ragged' shared layout only (the 'dense' layout always "
                               "distils every class seen); drop --task-context or --shared-layout dense")
