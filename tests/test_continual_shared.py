@@ -269,21 +269,27 @@ def test_ragged_tasks_keep_earlier_bases_and_recalls_bit_for_bit(monkeypatch):
                                                     for _ in range(blk.addressing.shape[1])]
 
 
+def _ragged_runs_with_and_without(option: str):
+    """A 3-task synthetic benchmark and two undistilled ``ragged`` runs on it, without and
+    with the boolean ``option``: ``(benchmark, (strategy, training set) off, ... on)``."""
+    b = _synthetic_benchmark(classes=6, tasks=3)
+    runs = []
+    for on in (False, True):
+        strat = create_strategy("shared", budget_ipc=2, **{option: on},
+                                distill_overrides={**TINY_DISTILL, "outer.iterations": 0})
+        strat.begin(b)
+        for task in b.stream():
+            strat.learn_task(task.index, task.classes, task.train)
+        runs.append((strat, strat.training_set(None)))
+    return b, runs[0], runs[1]
+
+
 def test_subspace_views_add_each_class_projected_onto_the_earlier_spans():
     """``subspace_views``: the classifier's training set is every block's recalls plus,
     for each block, its recalls projected onto the first ``k`` bases for every smaller
     span ``k`` an earlier block addresses; each projection lies in that span (projecting
     again changes nothing), labels are the class's; the stored memory is unchanged."""
-    b = _synthetic_benchmark(classes=6, tasks=3)
-    runs = {}
-    for views in (False, True):
-        strat = create_strategy("shared", budget_ipc=2, subspace_views=views,
-                                distill_overrides={**TINY_DISTILL, "outer.iterations": 0})
-        strat.begin(b)
-        for task in b.stream():
-            strat.learn_task(task.index, task.classes, task.train)
-        runs[views] = (strat, strat.training_set(None))
-    (plain, ts0), (viewed, ts1) = runs[False], runs[True]
+    b, (plain, ts0), (viewed, ts1) = _ragged_runs_with_and_without("subspace_views")
     assert torch.equal(plain.bases, viewed.bases) and plain.floats_stored() == viewed.floats_stored()
     spans = [blk.addressing.shape[2] for blk in viewed.blocks]
     assert len(set(spans)) == 3  # each task brought bases of its own
@@ -331,18 +337,9 @@ def test_fill_later_puts_a_filled_copy_before_each_earlier_blocks_recalls():
     blocks extend, a copy of its recalls filled on the later bases (same labels, the
     same recall on the block's own bases: their difference lies in the span of the
     later bases alone); the last block has none; the stored memory is unchanged."""
-    b = _synthetic_benchmark(classes=6, tasks=3)
-    runs = {}
-    for fill in (False, True):
-        strat = create_strategy("shared", budget_ipc=2, fill_later=fill,
-                                distill_overrides={**TINY_DISTILL, "outer.iterations": 0})
-        strat.begin(b)
-        for task in b.stream():
-            strat.learn_task(task.index, task.classes, task.train)
-        runs[fill] = (strat, strat.training_set(None))
-    (plain, ts0), (filled, ts1) = runs[False], runs[True]
+    b, (plain, ts0), (filled, ts1) = _ragged_runs_with_and_without("fill_later")
     assert torch.equal(plain.bases, filled.bases) and plain.floats_stored() == filled.floats_stored()
-    assert torch.equal(runs[True][1].images, filled.training_set(None).images)  # seeded: the same draw again
+    assert torch.equal(ts1.images, filled.training_set(None).images)  # seeded: the same draw again
     x, y = ts1.images, ts1.labels
     at, bases = 0, filled.bases
     for j, blk in enumerate(filled.blocks):
