@@ -196,8 +196,10 @@ def test_views_test_tables_are_the_json_rendered(key, folder, strong):
 
 
 @pytest.mark.parametrize("name, split, also", [
-    ("val_fashion_b1", "validation", {"base": "continual_val_fashion/base", "base-start": "continual_val_fashion/base-start",
-                                      "ctx": "continual_val_context/fashion_b1/ctx"}),
+    ("val_fashion_b1", "validation", {"base": "continual_val_fashion/base",
+                                      "base-start": "continual_val_fashion/base-start",
+                                      "ctx": "continual_val_context/fashion_b1/ctx",
+                                      "bal-start": "continual_val_fashion/bal-start"}),
     ("test_fashion_b1", "test", {"base": "continual_strong_split-fashion-mnist_ipc1",
                                  "base-start": "continual_strong_start_split-fashion-mnist_ipc1",
                                  "views": "continual_views_test/fashion_b1/views"}),
@@ -209,7 +211,8 @@ def test_views_test_tables_are_the_json_rendered(key, folder, strong):
                                   "views-start": "continual_views_test/fashion_b10/views-start"}),
     ("val_split_mnist_b1", "validation", {"base": "continual_val_split_mnist_b1/base",
                                           "base-start": "continual_val_split_mnist_b1/base-start"}),
-    ("val_many_b1", "validation", {"base": "continual_val_many_b1/base", "base-start": "continual_val_many_b1/base-start"}),
+    ("val_many_b1", "validation", {"base": "continual_val_many_b1/base",
+                                   "base-start": "continual_val_many_b1/base-start"}),
 ])
 def test_fill_later_tables_are_the_json_rendered(name, split, also):
     """docs/CONTINUAL.md's ``--fill-later`` tables are the committed runs (the option on,
@@ -218,8 +221,10 @@ def test_fill_later_tables_are_the_json_rendered(name, split, also):
     bench = ROOT / "docs" / "bench"
     folder = bench / "continual_fill" / name
     for path in sorted(folder.glob("*.json")):
-        argv = json.loads(path.read_text())["argv"]
+        record = json.loads(path.read_text())
+        argv = record["argv"]
         assert "--fill-later" in argv and ("--validation" in argv) == (split == "validation"), path.name
+        assert record["options"]["fill_later"] is True, path.name
     patterns = {k: str(bench / f"{v}_s{{order}}.json") for k, v in also.items()}
     committed = doc_block((ROOT / "docs" / "CONTINUAL.md").read_text(), f"continual_fill_{name}")
     assert mod.table(mod.load(folder, patterns)) == committed

@@ -340,6 +340,8 @@ def test_fill_later_puts_a_filled_copy_before_each_earlier_blocks_recalls():
     b, (plain, ts0), (filled, ts1) = _ragged_runs_with_and_without("fill_later")
     assert torch.equal(plain.bases, filled.bases) and plain.floats_stored() == filled.floats_stored()
     assert torch.equal(ts1.images, filled.training_set(None).images)  # seeded: the same draw again
+    for a, c in zip(plain.blocks, filled.blocks):  # the stored rows, after two training sets
+        assert torch.equal(a.addressing, c.addressing)
     x, y = ts1.images, ts1.labels
     at, bases = 0, filled.bases
     for j, blk in enumerate(filled.blocks):

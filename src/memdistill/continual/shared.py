@@ -569,12 +569,11 @@ class SharedStrategy(Strategy):
         k_all = self.bases.shape[0] if self.blocks else 0
         for j, block in enumerate(self.blocks):
             x, y = block.memory(self.bases, self.image_shape).recall()
-            later = [b.addressing for b in self.blocks[j + 1:] if b.addressing.shape[2] > block.addressing.shape[2]]
-            if fill is not None and later:
-                r, n, _ = block.addressing.shape
-                filled = fill_later_bases(block.addressing, later, k_all, fill)
-                xf, yf = BasesMemory({"bases": self.bases.float(), "addressing": filled}, self.image_shape, n,
-                                     r).recall()
+            later = [] if fill is None else [
+                b.addressing for b in self.blocks[j + 1:] if b.addressing.shape[2] > block.addressing.shape[2]]
+            if later:
+                filled = RaggedBlock(block.first, fill_later_bases(block.addressing, later, k_all, fill))
+                xf, yf = filled.memory(self.bases, self.image_shape).recall()
                 xs.append(xf)
                 ys.append(yf + block.first)
             xs.append(x)
