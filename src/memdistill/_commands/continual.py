@@ -40,7 +40,7 @@ def add_arguments(cl: argparse.ArgumentParser) -> None:
     cl.add_argument("--fill-later", action="store_true",
                     help="shared (ragged): the classifier also trains on each earlier class's recalls with a "
                          "random later slot's coefficients on the bases added since (nothing more is stored); "
-                         "it helped Split Fashion-MNIST on average and hurt Split MNIST badly (docs/CONTINUAL.md)")
+                         "mixed on Split Fashion-MNIST, much worse on Split MNIST (docs/CONTINUAL.md)")
     cl.add_argument("--subspace-views", action="store_true",
                     help="shared (ragged): the classifier also trains on each class's recalls projected onto the "
                          "fewer bases earlier classes address (nothing more is stored); on the validation split "
