@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memdistill.engine import create_inner_optimizer, draw_plans, meta_gradient, memory_recall
-from memdistill.memory import create_memory
-from memdistill.models import create_model, functional_forward
+from _meta_problem import convnet_meta_problem, replace_modules
+from memdistill.engine import create_inner_optimizer, meta_gradient
+from memdistill.models import create_model
 from memdistill.models._instance_norm import InstanceNorm2d, instance_norm
 
 
@@ -58,40 +58,15 @@ def test_second_derivatives_equal_autograd_through_group_norm():
 
 
 def _meta_problem(norm_cls):
-    shape, classes = (1, 8, 8), 3
-    g = torch.Generator().manual_seed(0)
-    real_x = torch.randn(classes * 4, *shape, generator=g, dtype=torch.float64)
-    real_y = torch.arange(classes).repeat_interleave(4)
+    def swap(model):
+        def plain(child):
+            layer = norm_cls(child.num_groups, child.num_channels).double()
+            layer.load_state_dict(child.state_dict())
+            return layer
 
-    class Real:
-        num_classes = classes
-        x, labels = real_x, real_y
+        replace_modules(model, InstanceNorm2d, plain)
 
-        def indices_of_class(self, c):
-            return torch.nonzero(real_y == c).flatten()
-
-        def batch(self, idx):
-            return real_x[idx], real_y[idx]
-
-    mem = create_memory("bases", shape, classes, 2, generator=g, real=Real(), num_bases=3, downsample=2)
-    mem.tensors = {k: v.double() for k, v in mem.tensors.items()}
-    model = create_model("convnet", 1, classes, 8, width=4, depth=2, generator=g, dtype=torch.float64)
-    if norm_cls is not None:
-        for name, module in list(model.named_modules()):
-            for child_name, child in list(module.named_children()):
-                if isinstance(child, InstanceNorm2d):
-                    plain = norm_cls(child.num_groups, child.num_channels).double()
-                    plain.load_state_dict(child.state_dict())
-                    setattr(module, child_name, plain)
-    names = [n for n, _ in model.named_parameters()]
-    init = tuple(p.detach() for p in model.parameters())
-    forward = lambda params, x: functional_forward(model, dict(zip(names, params)), x)  # noqa: E731
-    plans = draw_plans(5, classes, mem.slots, 2, torch.Generator().manual_seed(1), shape, None)
-
-    def outer(params):
-        return F.cross_entropy(forward(params, real_x), real_y)
-
-    return mem, memory_recall(mem, None), forward, init, plans, outer, model
+    return convnet_meta_problem(swap if norm_cls is not None else None)
 
 
 @pytest.mark.parametrize("opt", [dict(name="sgd", lr=0.05, momentum=0.9), dict(name="adam", lr=0.01)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ConfigError
+from ._avg_pool import AvgPool2x2
 from ._instance_norm import InstanceNorm2d
 
 NORMS = ("instance", "batch", "layer", "group", "none")
@@ -77,9 +78,9 @@ def activation_layer(activation: str) -> nn.Module:
 
 
 def pool_layer(pooling: str, ceil_mode: bool = False) -> nn.Module:
-    """A 2x2, stride-2 pooling layer (``none``: identity)."""
+    """A 2x2, stride-2 pooling layer (``none``: identity; ``avg``: :class:`AvgPool2x2`)."""
     if pooling == "avg":
-        return nn.AvgPool2d(2, 2, ceil_mode=ceil_mode)
+        return AvgPool2x2(ceil_mode=ceil_mode)
     if pooling == "max":
         return nn.MaxPool2d(2, 2, ceil_mode=ceil_mode)
     if pooling == "none":
