@@ -58,9 +58,10 @@ def views(x: torch.Tensor) -> torch.Tensor:
 
 
 def time_pool(pool: Callable, shape: tuple[int, ...], reps: int, repeats: int) -> float:
-    x = torch.randn(shape, requires_grad=True)
-    g = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, requires_grad=True)
-    v = torch.randn(shape)
+    gen = torch.Generator().manual_seed(0)  # timing only: the values do not matter, but are fixed
+    x = torch.randn(shape, generator=gen).requires_grad_()
+    g = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=gen).requires_grad_()
+    v = torch.randn(shape, generator=gen)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -3,21 +3,23 @@
 PyTorch's CPU ``avg_pool2d`` and its backward are slow on the feature maps of an inner
 step: on the `cpu` preset's inner network (width 32, 50 recalled examples) pooling and
 its backward took about 14% of an outer step's profiled time. Summing the four strided
-views of each 2 x 2 window, and spreading a gradient back with one broadcast copy, does the
-same arithmetic in fewer passes over memory on tensors of that size, but not on very
-large ones (hundreds of real images at width 128 in the outer loss), where the native
-kernel stays faster; see ``docs/BENCHMARKS.md``, "Pooling as strided views".
+views of each 2 x 2 window, and spreading a gradient back with one broadcast copy, was
+faster on maps of that size, and slower on small maps and on very large tensors (the outer
+loss's 1 280 real images at width 32); see ``docs/BENCHMARKS.md``, "Pooling as strided
+views".
 
 Pooling is linear. Its backward is its adjoint (each output's gradient spread over its
 2 x 2 window, times 1/4), and the adjoint's backward is the pooling again, so the two
 functions below differentiate into each other to any order: the meta-gradient's double
-backward needs no extra derivation. The float64 tests check values, gradients and second
-derivatives against ``F.avg_pool2d``.
+backward needs no extra derivation. The sums are the native kernel's, in its order, so
+values, gradients and second derivatives are bit for bit ``F.avg_pool2d``'s in float32
+and float64 (tests/test_avg_pool.py, down to whole meta-gradients).
 
 Everything else keeps ``F.avg_pool2d``: odd feature-map sizes (``ceil_mode`` or a dropped
-last row), maps smaller than ``SMALLEST_MAP`` pixels, tensors above ``NATIVE_ABOVE`` elements, devices other than the CPU (one fused
-kernel there beats four elementwise ones) and dtypes other than float32 and float64 (a
-bfloat16 sum of four would round differently from the native kernel's).
+last row), maps smaller than ``SMALLEST_MAP`` pixels, tensors above ``NATIVE_ABOVE``
+elements, devices other than the CPU (not measured there), dtypes other than float32 and
+float64 (a bfloat16 sum of four could round differently from the native kernel's) and
+autocast.
 """
 
 from __future__ import annotations
