@@ -86,6 +86,19 @@ def shapes(reps: int, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+def pooling_share(step: Callable[[], Any]) -> dict[str, float]:
+    """Self CPU seconds of ``avg_pool2d`` and its backward in one step under ``torch.profiler``,
+    and of everything (the motivation of the views path, measured with the native kernel)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    pool = {k: ops.get(k, 0.0) for k in ("aten::avg_pool2d", "aten::avg_pool2d_backward")}
+    total = sum(ops.values())
+    return {**pool, "total": total, "fraction": sum(pool.values()) / total}
+
+
 def outer_steps(root: str, steps: int) -> dict[str, Any]:
     from memdistill.config import resolve
     from memdistill.data import load_dataset
@@ -105,13 +118,15 @@ def outer_steps(root: str, steps: int) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 distiller.meta_step(mem, 1)  # the same step each time: same inputs, same bits
                 times[path].append(time.perf_counter() - t0)
+        _avg_pool.NATIVE_ABOVE = -1
+        share = pooling_share(lambda: distiller.meta_step(mem, 1))
     finally:
         _avg_pool.NATIVE_ABOVE = cap
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     pairs = [a / b for a, b in zip(times["native"], times["views"])]
     out = {"config": "cpu preset, fashion-mnist, budget 1, unroll step (T = 80, width 32)",
            "seconds": times, "median_seconds": med, "speedup_of_medians": med["native"] / med["views"],
-           "paired_ratios": pairs, "pairs_faster": sum(p > 1 for p in pairs)}
+           "paired_ratios": pairs, "pairs_faster": sum(p > 1 for p in pairs), "native_profile": share}
     print(out, flush=True)
     return out
 
@@ -134,6 +149,12 @@ def render(res: dict[str, Any], out: str) -> str:
                      f"**{o['speedup_of_medians']:.3f}x**; the views faster in {o['pairs_faster']} of "
                      f"{len(pairs)} pairs (ratios {min(pairs):.3f} to {max(pairs):.3f}, median "
                      f"{sorted(pairs)[len(pairs) // 2]:.3f}).")
+        pr = o["native_profile"]
+        lines.append("")
+        lines.append(f"One such step with `avg_pool2d` everywhere, under `torch.profiler`: `avg_pool2d` "
+                     f"{pr['aten::avg_pool2d']:.2f} s and its backward {pr['aten::avg_pool2d_backward']:.2f} s "
+                     f"of {pr['total']:.2f} s self CPU time (**{100 * pr['fraction']:.0f}%**; the profiler "
+                     "slows the step).")
         lines.append("")
     lines.append(f"Raw numbers: `{out}`.")
     return "\n".join(lines)

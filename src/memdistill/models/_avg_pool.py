@@ -2,7 +2,7 @@
 
 PyTorch's CPU ``avg_pool2d`` and its backward are slow on the feature maps of an inner
 step: on the `cpu` preset's inner network (width 32, 50 recalled examples) pooling and
-its backward took about 14% of an outer step's profiled time. Summing the four strided
+its backward took about 13% of an outer step's profiled time. Summing the four strided
 views of each 2 x 2 window, and spreading a gradient back with one broadcast copy, was
 faster on maps of that size, and slower on small maps and on very large tensors (the outer
 loss's 1 280 real images at width 32); see ``docs/BENCHMARKS.md``, "Pooling as strided
@@ -30,10 +30,9 @@ from torch import Tensor, nn
 
 __all__ = ["AvgPool2x2", "NATIVE_ABOVE", "SMALLEST_MAP", "avg_pool_2x2"]
 
-# Above this many input elements the native kernel was the faster one on the 2-core CPU
-# machine of docs/BENCHMARKS.md ("Pooling as strided views": 0.80x at 42 M, 1 280 real
-# images at width 32), and on maps smaller than 16 x 16 (8 x 8: 0.65-0.68x); on the `cpu`
-# preset's 32 x 32 and 16 x 16 maps the views were 1.11-1.49x, at width 128's 13 M level.
+# Above this many input elements, and on maps smaller than 16 x 16, the native kernel was
+# the faster one on the 2-core CPU machine of docs/BENCHMARKS.md ("Pooling as strided
+# views": 1 280 real images at width 32, 42 M elements; 8 x 8 maps).
 NATIVE_ABOVE = 1 << 24
 SMALLEST_MAP = 16 * 16
 
