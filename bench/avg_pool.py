@@ -1,4 +1,5 @@
-"""2 x 2 average pooling by strided views against PyTorch's ``avg_pool2d``, side by side.
+"""2 x 2 average pooling by strided views, and ReLU fused with it, against PyTorch's
+``avg_pool2d``, side by side.
 
     python bench/avg_pool.py --threads 2
 
@@ -12,9 +13,11 @@ machine load, taking turns:
   real batch at width 32 (1 280 images) and of the paper protocol at width 128;
 * ``outer_step``: whole outer steps (``Distiller.meta_step``) of the ``cpu`` preset on
   Fashion-MNIST at budget 1 (an unroll step: T = 80, width 32), the ConvNet's pooling
-  switched between the two paths before each step, ``--steps`` steps each.
+  switched before each step between three paths: ``avg_pool2d`` everywhere (``native``),
+  the views with ReLU apart (``views``), and the views with each ReLU fused into the pooling
+  after it (``fused``, the default), ``--steps`` steps each.
 
-The two paths compute the same bits (``tests/test_avg_pool.py``), so only the time
+The paths compute the same bits (``tests/test_avg_pool.py``), so only the time
 differs. Writes ``docs/bench/avg_pool.json`` (``--out``) and the ``avg-pool`` block of
 ``docs/BENCHMARKS.md`` (``--doc``); ``--steps 0`` leaves the outer steps out.
 """
@@ -72,16 +75,32 @@ def time_pool(pool: Callable, shape: tuple[int, ...], reps: int, repeats: int) -
     return best
 
 
+def relu_native(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(torch.relu(x), 2, 2)
+
+
+def relu_views(x: torch.Tensor) -> torch.Tensor:
+    return _avg_pool._Pool.apply(torch.relu(x))
+
+
+def fused(x: torch.Tensor) -> torch.Tensor:
+    return _avg_pool._ReluPool.apply(x)  # whatever the size, as ``views``
+
+
+PATHS = {"native": native, "views": views, "relu_native": relu_native, "relu_views": relu_views, "fused": fused}
+
+
 def shapes(reps: int, repeats: int) -> list[dict[str, Any]]:
     rows = []
     for name, shape in SHAPES.items():
         r = max(1, reps * 50 * 32 * 32 * 32 // (shape[0] * shape[1] * shape[2] * shape[3]))
-        t = {"native": [], "views": []}
+        t: dict[str, list[float]] = {k: [] for k in PATHS}
         for _ in range(2):  # taking turns
-            for path, fn in (("native", native), ("views", views)):
+            for path, fn in PATHS.items():
                 t[path].append(time_pool(fn, shape, r, repeats))
-        n, w = min(t["native"]), min(t["views"])
-        rows.append({"shape": name, "native_ms": 1e3 * n, "views_ms": 1e3 * w, "speedup": n / w})
+        ms = {k: 1e3 * min(v) for k, v in t.items()}
+        rows.append({"shape": name, **{f"{k}_ms": v for k, v in ms.items()},
+                     "speedup": ms["native"] / ms["views"], "fused_speedup": ms["relu_native"] / ms["fused"]})
         print(rows[-1], flush=True)
     return rows
 
@@ -109,46 +128,60 @@ def outer_steps(root: str, steps: int) -> dict[str, Any]:
     distiller = Distiller(cfg, train, device=torch.device("cpu"))
     mem = distiller.new_memory()
     distiller.meta_step(mem, 0)  # warm-up
-    cap = _avg_pool.NATIVE_ABOVE
-    times: dict[str, list[float]] = {"native": [], "views": []}
+    cap, fuse = _avg_pool.NATIVE_ABOVE, _avg_pool.FUSE_RELU
+    settings = {"native": (-1, False), "views": (cap, False), "fused": (cap, True)}
+    times: dict[str, list[float]] = {k: [] for k in settings}
     try:
         for i in range(steps):
-            for path in ("native", "views") if i % 2 == 0 else ("views", "native"):
-                _avg_pool.NATIVE_ABOVE = -1 if path == "native" else cap
+            order = list(settings)[i % 3:] + list(settings)[:i % 3]  # each path first in turn
+            for path in order:
+                _avg_pool.NATIVE_ABOVE, _avg_pool.FUSE_RELU = settings[path]
                 t0 = time.perf_counter()
                 distiller.meta_step(mem, 1)  # the same step each time: same inputs, same bits
                 times[path].append(time.perf_counter() - t0)
-        _avg_pool.NATIVE_ABOVE = -1
+        _avg_pool.NATIVE_ABOVE, _avg_pool.FUSE_RELU = settings["native"]
         share = pooling_share(lambda: distiller.meta_step(mem, 1))
     finally:
-        _avg_pool.NATIVE_ABOVE = cap
+        _avg_pool.NATIVE_ABOVE, _avg_pool.FUSE_RELU = cap, fuse
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    pairs = [a / b for a, b in zip(times["native"], times["views"])]
+    pairs = {k: [a / b for a, b in zip(times["native"], times[k])] for k in ("views", "fused")}
+    pairs["fused_vs_views"] = [a / b for a, b in zip(times["views"], times["fused"])]
     out = {"config": "cpu preset, fashion-mnist, budget 1, unroll step (T = 80, width 32)",
-           "seconds": times, "median_seconds": med, "speedup_of_medians": med["native"] / med["views"],
-           "paired_ratios": pairs, "pairs_faster": sum(p > 1 for p in pairs), "native_profile": share}
+           "seconds": times, "median_seconds": med,
+           "speedup_of_medians": {k: med["native"] / med[k] for k in ("views", "fused")},
+           "fused_vs_views": med["views"] / med["fused"],
+           "paired_ratios": pairs, "pairs_faster": {k: sum(p > 1 for p in v) for k, v in pairs.items()},
+           "native_profile": share}
     print(out, flush=True)
     return out
 
 
+def _pairs_text(pairs: list[float]) -> str:
+    return (f"faster in {sum(p > 1 for p in pairs)} of {len(pairs)} pairs, ratios {min(pairs):.3f} to "
+            f"{max(pairs):.3f}, median {sorted(pairs)[len(pairs) // 2]:.3f}")
+
+
 def render(res: dict[str, Any], out: str) -> str:
-    """The doc block: the command, machine, the shapes table and the outer steps' line."""
-    rows = ["| shape | avg_pool2d ms | views ms | speed-up |", "|---|---|---|---|"]
-    rows += [f"| {r['shape']} | {r['native_ms']:.2f} | {r['views_ms']:.2f} | {r['speedup']:.2f}x |"
+    """The doc block: the command, machine, the shapes table and the outer steps' lines."""
+    rows = ["| shape | avg_pool2d ms | views ms | speed-up | ReLU, avg_pool2d ms | ReLU, views ms | fused ms "
+            "| fused speed-up |", "|---|---|---|---|---|---|---|---|"]
+    rows += [f"| {r['shape']} | {r['native_ms']:.2f} | {r['views_ms']:.2f} | {r['speedup']:.2f}x "
+             f"| {r['relu_native_ms']:.2f} | {r['relu_views_ms']:.2f} | {r['fused_ms']:.2f} | {r['fused_speedup']:.2f}x |"
              for r in res["shapes"]]
     lines = [f"Command: `{res['command']}`  ", f"Machine: {res['machine']}  ",
              f"Date: {res['date']}. One pooling's forward, backward (graph kept) and the backward's backward, "
-             "best time, the two paths taking turns in one process; the views path forced at every shape.",
+             "best time, the paths taking turns in one process; the views (and the fused ReLU + pooling) forced "
+             "at every shape. The fused speed-up divides ReLU then `avg_pool2d` by the fused function.",
              "", *rows, ""]
     o = res.get("outer_step")
     if o:
-        pairs = o["paired_ratios"]
-        lines.append(f"Outer steps ({o['config']}), {len(pairs)} per path, alternating: median "
-                     f"{o['median_seconds']['native']:.2f} s with `avg_pool2d` everywhere, "
-                     f"{o['median_seconds']['views']:.2f} s with `AvgPool2x2`'s rules: "
-                     f"**{o['speedup_of_medians']:.3f}x**; the views faster in {o['pairs_faster']} of "
-                     f"{len(pairs)} pairs (ratios {min(pairs):.3f} to {max(pairs):.3f}, median "
-                     f"{sorted(pairs)[len(pairs) // 2]:.3f}).")
+        med, sp, pairs = o["median_seconds"], o["speedup_of_medians"], o["paired_ratios"]
+        lines.append(f"Outer steps ({o['config']}), {len(pairs['views'])} per path, taking turns: median "
+                     f"{med['native']:.2f} s with `avg_pool2d` everywhere, {med['views']:.2f} s with the views "
+                     f"(ReLU apart), {med['fused']:.2f} s with the views and ReLU fused (the default): "
+                     f"**{sp['fused']:.3f}x** over `avg_pool2d` ({_pairs_text(pairs['fused'])}), "
+                     f"{sp['views']:.3f}x for the views alone ({_pairs_text(pairs['views'])}); fusing ReLU "
+                     f"{o['fused_vs_views']:.3f}x over the views alone ({_pairs_text(pairs['fused_vs_views'])}).")
         pr = o["native_profile"]
         lines.append("")
         lines.append(f"One such step with `avg_pool2d` everywhere, under `torch.profiler`: `avg_pool2d` "

@@ -13,7 +13,7 @@ import memdistill.models._avg_pool as ap
 from _meta_problem import convnet_meta_problem, replace_modules
 from memdistill.engine import create_inner_optimizer, meta_gradient
 from memdistill.models import create_model
-from memdistill.models._avg_pool import AvgPool2x2, avg_pool_2x2
+from memdistill.models._avg_pool import AvgPool2x2, avg_pool_2x2, relu_avg_pool_2x2
 
 
 @pytest.fixture(autouse=True)
@@ -147,6 +147,7 @@ def _meta(native: bool, dtype=torch.float64):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_meta_gradient_equals_the_one_through_the_native_kernel_bitwise(dtype):
     m_views, views = _meta(native=False, dtype=dtype)
+    assert _fuses(m_views(torch.randn(2, 1, 8, 8, dtype=dtype)))
     m_native, native = _meta(native=True, dtype=dtype)
     assert any(isinstance(m, AvgPool2x2) for m in m_views.modules())
     assert not any(isinstance(m, AvgPool2x2) for m in m_native.modules())
@@ -156,8 +157,93 @@ def test_meta_gradient_equals_the_one_through_the_native_kernel_bitwise(dtype):
         assert float(b.abs().sum()) > 0
 
 
+def _fuses(y) -> bool:
+    """Whether the graph behind ``y`` holds the fused ReLU + pooling."""
+    seen, todo = set(), [y.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if type(fn).__name__ == "_ReluPoolBackward":
+            return True
+        todo += [f for f, _ in fn.next_functions]
+    return False
+
+
+def _relu_native(x):
+    return F.avg_pool2d(torch.relu(x), 2, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (5, 4, 32, 32), (1, 1, 2, 6)])
+def test_fused_relu_pooling_equals_relu_then_avg_pool2d_bitwise(dtype, shape):
+    """ReLU and the pooling after it in one function: values, backward and the backward's
+    backward (in the upstream gradient, as a meta-gradient takes it) are bit for bit
+    ReLU's then ``F.avg_pool2d``'s; some inputs are exactly 0 (ReLU's kink)."""
+    out = []
+    for fn in (relu_avg_pool_2x2, _relu_native):
+        x = _x(shape, dtype=dtype)
+        with torch.no_grad():
+            x.view(-1)[::7] = 0.0
+        g = _x((shape[0], shape[1], shape[2] // 2, shape[3] // 2), seed=1, dtype=dtype)
+        y = fn(x)
+        (gx,) = torch.autograd.grad(y, x, g, create_graph=True)
+        v = _x(shape, seed=2, dtype=dtype)
+        (gg,) = torch.autograd.grad(gx, g, v, create_graph=True)
+        (ggg,) = torch.autograd.grad(gg, v, _x(g.shape, seed=4, dtype=dtype))  # the third order
+        out.append((y, gx, gg, ggg))
+    assert _fuses(out[0][0]) and not _fuses(out[1][0])
+    for ours, ref in zip(*out):
+        assert torch.equal(ours, ref)
+        assert float(ref.detach().abs().sum()) > 0
+
+
+def test_fused_relu_pooling_passes_gradcheck_and_gives_a_loss_the_native_hessian():
+    x = _x((2, 3, 6, 4), seed=3)
+    assert _fuses(relu_avg_pool_2x2(x))
+    assert torch.autograd.gradcheck(relu_avg_pool_2x2, (x,))
+    assert torch.autograd.gradgradcheck(relu_avg_pool_2x2, (x,))
+    results = []
+    for fn in (relu_avg_pool_2x2, _relu_native):
+        x = _x((3, 4, 6, 6), seed=7)
+        y = fn(x.sin() * x - 0.2)
+        (gx,) = torch.autograd.grad((y ** 3).sum(), (x,), create_graph=True)
+        v = torch.randn(gx.shape, generator=torch.Generator().manual_seed(2), dtype=gx.dtype)
+        results.append([gx, *torch.autograd.grad(gx, (x,), grad_outputs=v)])
+    for ours, ref in zip(*results):
+        assert torch.allclose(ours, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["switch", "odd", "bfloat16", "activation", "ceil_mode"])
+def test_the_convnet_fuses_relu_and_pooling_only_where_the_views_apply(case, monkeypatch):
+    kwargs, size, dtype = {}, 8, torch.float32
+    if case == "switch":
+        monkeypatch.setattr(ap, "FUSE_RELU", False)
+    elif case == "odd":
+        size = 9  # 14 x 14 maps, then 7 x 7: the second pooling's input is odd
+    elif case == "bfloat16":
+        dtype = torch.bfloat16
+    elif case == "activation":
+        kwargs = {"activation": "gelu"}
+    model = create_model("convnet", 1, 3, size, width=4, depth=2, dtype=dtype, **kwargs)
+    if case == "ceil_mode":
+        for m in model.modules():
+            if isinstance(m, AvgPool2x2):
+                m.ceil_mode = True
+    x = torch.randn(2, 1, size, size, dtype=dtype)
+    y = model(x)
+    assert torch.equal(y, model.classifier(model.features(x).flatten(1)))
+    if case == "odd":  # the first block is fused, the second not
+        assert _fuses(y) and model.features(x).grad_fn is not None
+    else:
+        assert not _fuses(y)
+    monkeypatch.setattr(ap, "FUSE_RELU", True)
+    assert _fuses(create_model("convnet", 1, 3, 8, width=4, depth=2)(torch.randn(2, 1, 8, 8)))
+
+
 def test_the_benchmark_script_writes_its_json_and_doc_block(tmp_path):
-    """``bench/avg_pool.py`` at a toy size (no outer steps): every shape timed both ways,
+    """``bench/avg_pool.py`` at a toy size (no outer steps): every shape timed every way,
     the block rendered from the JSON."""
     import json
 
@@ -169,7 +255,7 @@ def test_the_benchmark_script_writes_its_json_and_doc_block(tmp_path):
                        "--out", str(out), "--doc", str(doc)]) == 0
     res = json.loads(out.read_text())
     assert len(res["shapes"]) == len(bench.SHAPES) and res["outer_step"] is None
-    assert all(r["native_ms"] > 0 and r["views_ms"] > 0 for r in res["shapes"])
+    assert all(r[f"{k}_ms"] > 0 for r in res["shapes"] for k in bench.PATHS)
     assert doc_block(doc.read_text(), "avg-pool") == bench.render(res, str(out))
 
 
@@ -182,7 +268,8 @@ def test_the_committed_block_is_the_committed_json_rendered():
     bench = load_script("avg_pool")
     res = json.loads((ROOT / "docs" / "bench" / "avg_pool.json").read_text())
     o = res["outer_step"]
-    assert o["pairs_faster"] == sum(r > 1 for r in o["paired_ratios"]) and len(o["paired_ratios"]) == 14
+    for k in ("views", "fused", "fused_vs_views"):
+        assert o["pairs_faster"][k] == sum(r > 1 for r in o["paired_ratios"][k]) and len(o["paired_ratios"][k]) == 14
     assert res["smallest_map"] == ap.SMALLEST_MAP and res["native_above"] == ap.NATIVE_ABOVE  # the rules measured
     committed = doc_block((ROOT / "docs" / "BENCHMARKS.md").read_text(), "avg-pool")
     assert committed == bench.render(res, "docs/bench/avg_pool.json")
