@@ -215,6 +215,13 @@ def test_fused_relu_pooling_passes_gradcheck_and_gives_a_loss_the_native_hessian
         assert torch.allclose(ours, ref, rtol=1e-10, atol=1e-12)
 
 
+def test_a_channels_last_input_is_not_fused_and_matches():
+    x = _x((2, 3, 8, 8)).detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = relu_avg_pool_2x2(x)
+    assert not _fuses(y) and torch.equal(y, _relu_native(x))
+    assert _fuses(relu_avg_pool_2x2(x.detach().contiguous().requires_grad_()))
+
+
 @pytest.mark.parametrize("case", ["switch", "odd", "bfloat16", "activation", "ceil_mode"])
 def test_the_convnet_fuses_relu_and_pooling_only_where_the_views_apply(case, monkeypatch):
     kwargs, size, dtype = {}, 8, torch.float32

@@ -152,8 +152,8 @@ def avg_pool_2x2(x: Tensor, ceil_mode: bool = False) -> Tensor:
 
 def relu_avg_pool_2x2(x: Tensor) -> Tensor:
     """``avg_pool_2x2(relu(x))``, the two fused where the views apply (same values and
-    derivatives, bit for bit)."""
-    if FUSE_RELU and _views_apply(x):
+    derivatives, bit for bit); a non-contiguous ``x`` (e.g. channels-last) is not fused."""
+    if FUSE_RELU and _views_apply(x) and x.is_contiguous():
         return _ReluPool.apply(x)
     return avg_pool_2x2(torch.relu(x))
 
