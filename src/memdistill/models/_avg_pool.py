@@ -2,7 +2,7 @@
 
 PyTorch's CPU ``avg_pool2d`` and its backward are slow on the feature maps of an inner
 step: on the `cpu` preset's inner network (width 32, 50 recalled examples) pooling and
-its backward took about 13% of an outer step's profiled time. Summing the four strided
+its backward took 13 to 17% of an outer step's profiled time. Summing the four strided
 views of each 2 x 2 window, and spreading a gradient back with one broadcast copy, was
 faster on maps of that size, and slower on small maps and on very large tensors (the outer
 loss's 1 280 real images at width 32); see ``docs/BENCHMARKS.md``, "Pooling as strided
@@ -16,7 +16,7 @@ values, gradients and second derivatives are bit for bit ``F.avg_pool2d``'s in f
 and float64 (tests/test_avg_pool.py, down to whole meta-gradients).
 
 The spread repeats each gradient along W and broadcasts the result along H, so its copy runs
-over contiguous rows (2x faster than broadcasting both axes on the `cpu` preset's maps).
+over contiguous rows (faster than broadcasting both axes on the `cpu` preset's maps).
 
 ReLU fused (:func:`relu_avg_pool_2x2`, used by the ConvNet for each ReLU followed by its
 pooling): ``pool(relu(x))`` whose backward applies ReLU's mask to the spread gradient in the
