@@ -46,6 +46,7 @@ def convnet_meta_problem(swap: Callable[[nn.Module], None] | None = None, dtype=
     def outer(params):
         return F.cross_entropy(forward(params, real_x), real_y)
 
+    outer.real = (real_x, real_y)  # type: ignore[attr-defined]
     return mem, memory_recall(mem, None), forward, init, plans, outer, model
 
 

@@ -81,6 +81,10 @@ class OuterConfig:
     clip: float = 2.0
     schedule: str = "none"  # none | cosine
     real_per_class: int = 64
+    # real images per chunk of the outer loss's forward and backward (the same loss and
+    # gradient, computed a chunk at a time: less memory; engine/chunked.py); 0: automatic
+    # (chunks of at most 16 MiB per feature map on a CPU, the whole batch on a GPU), -1: never
+    real_chunk: int = 0
     unroll: str = "checkpointed"  # checkpointed | full
     window: int = 0  # back-propagate through the last W steps (0: all)
     random_truncation: bool = False  # unroll to N ~ U[W, T] (RaT-BPTT)
@@ -228,6 +232,9 @@ class DistillConfig:
             (not self.outer.random_truncation or self.outer.window > 0, "outer.random_truncation needs outer.window > 0"),
             *self._checkpoint_checks(),
             (self.outer.real_per_class >= 1, "outer.real_per_class must be >= 1"),
+            (self.outer.real_chunk >= -1,
+             f"outer.real_chunk (real images per chunk of the outer loss) must be >= 1, or 0 for automatic, "
+             f"-1 for the whole batch at once; got {self.outer.real_chunk}"),
             (self.outer.clip >= 0, "outer.clip must be >= 0 (0 disables clipping)"),
             (0 <= self.outer.average < 1,
              f"outer.average (the decay of the memory's moving average) must be in [0, 1), 0 for off; "

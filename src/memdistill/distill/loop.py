@@ -37,7 +37,8 @@ from ..models import supported_options
 from .checkpoint import append_metrics, load_checkpoint, read_metrics, reset_metrics, save_checkpoint
 from .pool import Member, ModelPool
 from .regression import feature_network, regression_step
-from .step import StepInputs, StepResult, check_class_split, inner_model, inner_network, meta_step, outer_gradient
+from .step import (StepInputs, StepResult, check_class_split, inner_model, inner_network, meta_step, outer_gradient,
+                   real_chunk)
 from .streams import sample_generator, stream
 
 __all__ = ["Distiller", "DistillResult", "RunState"]
@@ -223,6 +224,9 @@ class Distiller:
                                            first_pad=None if ic.first_pad < 0 else ic.first_pad),
             device=self.device, dist=self.dist,
         )
+        probe = inner_model(self._inputs, torch.Generator().manual_seed(0))  # its shapes only
+        self._inputs = dataclasses.replace(
+            self._inputs, real_chunk=real_chunk(config, probe, self.train.image_shape, self.device))
         if config.outer.pool_size:
             forward, _ = inner_network(self._inputs, torch.Generator().manual_seed(0))  # only its forward
             self._inputs = dataclasses.replace(self._inputs, pool_forward=forward)

@@ -20,6 +20,7 @@ from ..config import DistillConfig
 from ..data import ImageDataset
 from ..distributed import DistContext, sum_over_ranks
 from ..engine import Checkpoints, ClassSplit, InnerOptimizer, draw_plans, meta_gradient, with_precision
+from ..engine.chunked import chunked_mean
 from ..errors import ConfigError
 from ..labels import LabelSpace
 from ..memory import Memory
@@ -27,7 +28,7 @@ from ..models import create_model, functional_forward
 from .pool import Member
 
 __all__ = ["StepInputs", "StepResult", "inner_model", "inner_network", "meta_step", "outer_gradient", "class_share",
-           "check_class_split", "checkpoint_schedule"]
+           "check_class_split", "checkpoint_schedule", "real_chunk"]
 
 Tensors = tuple[torch.Tensor, ...]
 
@@ -84,6 +85,8 @@ class StepInputs:
             spaces; the loss is then the weighted mean ``sum_i w[y_i] ce_i / sum_i w[y_i]``);
             ``None``: the plain mean. The continual ``shared`` strategy weights its old
             classes' recalled examples against the current task's real ones with it.
+        real_chunk: real images per chunk of the outer loss (:func:`real_chunk`;
+            0: the whole batch at once).
     """
 
     config: DistillConfig
@@ -98,6 +101,7 @@ class StepInputs:
     dist: DistContext
     pool_forward: Callable[..., torch.Tensor] | None = None
     class_weight: torch.Tensor | None = None
+    real_chunk: int = 0
 
 
 def _weighted(loss_fn: Callable[..., torch.Tensor], weight: float) -> Callable[..., torch.Tensor]:
@@ -139,6 +143,66 @@ def _real_batch(inputs: StepInputs, cls_list, g: torch.Generator,
     if inputs.augment is not None:
         xr = inputs.augment.apply(xr, inputs.augment.sample(xr.shape, g))
     return xr, yr
+
+
+def _outer_loss(inputs: StepInputs, forward, xr: torch.Tensor, yr: torch.Tensor) -> Callable[[Tensors], torch.Tensor]:
+    """``outer_loss(params)``: the loss of the network ``params`` on the real batch, the
+    mean over its images (weighted by ``inputs.class_weight``), computed
+    ``inputs.real_chunk`` images at a time where that is set."""
+    weight = inputs.class_weight
+
+    def loss(params, x, y):
+        out = forward(params, x)
+        if weight is not None:
+            return F.cross_entropy(out, y, weight=weight.to(out))
+        return inputs.space.class_loss(out, y)
+
+    if not inputs.real_chunk:
+        return lambda params: loss(params, xr, yr)
+    row_weight = None if weight is None else weight.to(xr.device)[yr]
+    return lambda params: chunked_mean(loss, params, xr, yr, inputs.real_chunk, row_weight)
+
+
+def real_chunk(config: DistillConfig, model: torch.nn.Module, image_shape: Sequence[int], device: torch.device) -> int:
+    """Real images per chunk of the outer loss for ``outer.real_chunk`` (0: the whole
+    batch at once).
+
+    Automatic (``0``): on a CPU, as many images as keep the inner network's largest
+    activation within :data:`CHUNK_BYTES` (measured by one forward of one image); on other
+    devices the whole batch. A network with batch norm (statistics over the batch) is
+    never chunked automatically, and refused with an explicit chunk."""
+    want = config.outer.real_chunk
+    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if want > 0 and batch_norm:
+        raise ConfigError(f"outer.real_chunk={want} needs a network whose images do not interact; "
+                          f"inner.norm={config.inner.norm!r} normalises over the batch. Use outer.real_chunk=-1 "
+                          "(or 0, automatic) with batch norm")
+    if want > 0:
+        return want
+    if want < 0 or batch_norm or device.type != "cpu":
+        return 0
+    return max(1, CHUNK_BYTES // _largest_activation_bytes(model, image_shape))
+
+
+CHUNK_BYTES = 16 * 2**20  # glibc serves blocks up to 32 MiB from its heap once it has freed some
+
+
+def _largest_activation_bytes(model: torch.nn.Module, image_shape: Sequence[int]) -> int:
+    """Bytes of the largest output of any module of ``model`` for one image (float32)."""
+    sizes = [0]
+
+    def hook(_module, _inputs, out):
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel() * 4)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *image_shape, device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return max(1, max(sizes))
 
 
 def _coefficient_penalty(inputs: StepInputs, memory: Memory, grads: list[torch.Tensor], split: bool) -> None:
@@ -186,11 +250,7 @@ def meta_step(inputs: StepInputs, memory: Memory, g: torch.Generator, split: boo
     if split:  # outer.split_classes: this rank's share of the classes of the unroll
         plans, xr, yr, outer_weight, shares = class_share(inputs.dist, plans, xr, yr, len(cls_list))
 
-    def outer_loss(params):
-        if inputs.class_weight is not None:
-            out = forward(params, xr)
-            return F.cross_entropy(out, yr, weight=inputs.class_weight.to(out))
-        return space.class_loss(forward(params, xr), yr)
+    outer_loss = _outer_loss(inputs, forward, xr, yr)
 
     if split:
         outer_loss = _weighted(outer_loss, outer_weight)
