@@ -46,7 +46,7 @@ def test_kept_blocks_are_reused_without_page_faults():
     assert keep < system // 2  # kept: heap pages reused (measured: none, or one block's in four)
 
 
-def test_the_cli_applies_it_to_its_own_process_only_when_asked(data_root, tmp_path, monkeypatch):
+def test_the_cli_applies_it_to_its_own_process_unless_turned_off(data_root, tmp_path, monkeypatch):
     import memdistill._allocator as allocator
 
     calls = []
@@ -56,15 +56,13 @@ def test_the_cli_applies_it_to_its_own_process_only_when_asked(data_root, tmp_pa
             "--set", "evaluation.every=0", "--set", "evaluation.at_start=false", "--set", "evaluation.epochs=1",
             "--set", "evaluation.width=4", "--no-progress"]
     assert main(args + ["--out", str(tmp_path / "a.mem.safetensors")]) == 0
-    assert calls == []  # off by default
-    assert main(args + ["--set", "keep_freed_memory=true", "--out", str(tmp_path / "b.mem.safetensors")]) == 0
-    assert calls == [1]
-    # the `cpu` preset asks for it (a faster outer step at its cell, docs/BENCHMARKS.md); a flag still wins
-    cpu = [a if a != "cpu-quick" else "cpu" for a in args]
-    assert main(cpu + ["--out", str(tmp_path / "c.mem.safetensors")]) == 0
-    assert calls == [1, 1]
-    assert main(cpu + ["--set", "keep_freed_memory=false", "--out", str(tmp_path / "d.mem.safetensors")]) == 0
-    assert calls == [1, 1]
+    assert calls == [1]  # on by default (docs/BENCHMARKS.md, "Chunking the outer loss")
+    assert main(args + ["--set", "keep_freed_memory=false", "--out", str(tmp_path / "b.mem.safetensors")]) == 0
+    assert calls == [1]  # a flag turns it off
+    for preset in ("cpu", "paper"):  # every preset keeps the default
+        other = [a if a != "cpu-quick" else preset for a in args]
+        assert main(other + ["--out", str(tmp_path / f"{preset}.mem.safetensors")]) == 0
+    assert calls == [1, 1, 1]
 
 
 def test_the_library_leaves_its_host_process_alone(mnist_train, monkeypatch):

@@ -176,11 +176,12 @@ class DistillConfig:
     data_on_device: str = "auto"  # auto | always | never: real uint8 images kept on the device
     tf32: bool = False  # TF32 matmuls/convolutions on CUDA (unmeasured; see docs/SCALING.md)
     channels_last: bool = False  # channels-last inner-network inputs (CPU: docs/BENCHMARKS.md; CUDA: unmeasured)
-    # opt-in: the command line's process keeps the memory it frees (glibc mallopt: no mmap, no
-    # trim), so an unroll's large blocks are reused without page faults: 1.06-1.25x faster
-    # outer steps, but up to 1.4x the peak resident memory (docs/BENCHMARKS.md, "Keeping
-    # freed memory"); the library never changes its host process's allocator itself
-    keep_freed_memory: bool = False
+    # the command line's process keeps the memory it frees (glibc mallopt: no mmap, no trim),
+    # so an unroll's large blocks are reused without page faults: 1.27-1.30x faster outer
+    # steps at width 128 for 8-13% more peak resident memory, once the outer loss is chunked
+    # (docs/BENCHMARKS.md, "Chunking the outer loss"); the library never changes its host
+    # process's allocator itself. False: glibc's defaults
+    keep_freed_memory: bool = True
     zca: float = 0.0  # ZCA whitening regularisation (0: off; 0.1 on CIFAR in the reference)
     checkpoint_every: int = 50
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -447,17 +448,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # / 300 / 320) ended 80.27 to 81.52% at 900 s against 81.02% for these fresh unrolls
     # (validation, width 128, one run each): W = 20 led at 450 s and then stalled
     # (docs/RESULTS.md, "a model pool at the `cpu` preset").
-    # `memdistill distill` keeps the memory its process frees (keep_freed_memory; the library
-    # never changes the allocator, only the command does, for its own process): at this
-    # preset's outer step (width 32, T = 80, 5 recalled and 128 real images per class, 2
-    # threads) 1.20x faster side by side (7.62 against 6.37 s), peak resident memory 1.09 ->
-    # 1.49 GB; the memory is bit-identical (docs/BENCHMARKS.md, "keep-freed-memory-cpu-preset").
     "cpu": {
         "inner": {"width": 32, "steps": 80, "n_per_class": 5, "augment": "none"},
         "outer": {"iterations": 200, "optimizer": "adam", "lr": 0.01, "real_per_class": 128},
         "evaluation": {"every": 25, "width": 32, "epochs": 200, "runs": 1, "augment": "none"},
         "checkpoint_every": 5,
-        "keep_freed_memory": True,
     },
     # a model pool (docs/CONFIG.md): on MNIST's validation split at budget 1, 30 outer steps of
     # a 4-network pool unrolling 20 of 200 steps at outer lr 0.003 took the memory from its
