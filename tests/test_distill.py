@@ -190,11 +190,11 @@ def test_budget10_settings_apply_to_bases_memories_only():
     cpu = resolve("cpu", "mnist", 10)
     assert key(cpu)[1:4] + key(cpu)[6:] == (64, 300, 0.003, 20, True)
     # the cpu preset's outer steps: 200 at budget 1 (225 on MNIST; on Fashion-MNIST 480 feature-regression
-    # steps, then 220 unrolls), 75 at budget 10 (flat after 50 there), with no regression phase
+    # steps, then 270 unrolls), 75 at budget 10 (flat after 50 there), with no regression phase
     assert (resolve("cpu", "cifar10", 1).outer.iterations, cpu.outer.iterations) == (200, 75)
     assert resolve("cpu", "mnist", 1).outer.iterations == 225
     fashion = resolve("cpu", "fashion-mnist", 1)
-    assert (fashion.outer.regression_steps, fashion.outer.iterations) == (480, 700)
+    assert (fashion.outer.regression_steps, fashion.outer.iterations) == (480, 750)
     assert resolve("cpu", "mnist", 1).outer.regression_steps == 0
     fashion10 = resolve("cpu", "fashion-mnist", 10)
     assert (fashion10.outer.regression_steps, fashion10.outer.iterations) == (0, 75)

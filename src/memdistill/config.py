@@ -511,6 +511,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 # minutes (docs/RESULTS.md, "Feature regression first, the whole run"). One seed. Evaluated
 # every 175 steps. On the test split (targets cell, 5 runs, 1 661 s end to end at 2 threads)
 # 83.07% against 82.44% (5 runs) before.
+# Since 2026-12-06, 750 steps (270 unrolls): the engine got faster, and the whole run took
+# 1 450 s at 2 threads; validation (width 128, 2 runs) 83.91% against 83.38% for 700 steps,
+# test (5 runs) 83.44% against 83.07% (docs/RESULTS.md, "More unrolls in the same 30 minutes").
 # Not at budget 10 (BUDGET10_SETTINGS: 300 regression steps left Fashion-MNIST 1.3 behind
 # there) nor on MNIST (-0.34 at 900 s).
 # All of these were chosen with ``bases`` memories: an ``images`` memory (a `memdistill distill
@@ -518,7 +521,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESET_DATASET_SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
     ("cpu", "mnist"): {"evaluation.augment": "rotate+scale", "outer.average": 0.95, "outer.iterations": 225,
                        "evaluation.every": 75},
-    ("cpu", "fashion-mnist"): {"outer.regression_steps": 480, "outer.iterations": 700, "evaluation.every": 175},
+    ("cpu", "fashion-mnist"): {"outer.regression_steps": 480, "outer.iterations": 750, "evaluation.every": 175},
 }
 
 
