@@ -38,7 +38,7 @@ def chunked_mean(loss: Loss, params: Sequence[Tensor], x: Tensor, y: Tensor, chu
         loss: ``loss(params, x, y) -> scalar``, a mean over the rows of ``x`` (a weighted
             mean ``sum(w_i l_i) / sum(w_i)`` when ``row_weight`` gives the ``w_i``), with rows
             independent of each other.
-        params: the tensors the result is differentiated in.
+        params: the (floating-point) tensors the result is differentiated in.
         x, y: the batch (``y`` indexed along its first dimension as ``x``); ``x`` is data
             (its gradient is not computed).
         chunk: rows per chunk; a batch of at most ``chunk`` rows, or a differentiable ``x``,
@@ -63,8 +63,7 @@ def chunked_mean(loss: Loss, params: Sequence[Tensor], x: Tensor, y: Tensor, chu
 class _ChunkedMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, loss: Loss, x: Tensor, y: Tensor, chunk: int, shares: list[float], *params: Tensor):
-        leaves = tuple(p.detach().requires_grad_(p.is_floating_point()) for p in params)
-        wanted = [p.is_floating_point() for p in params]
+        leaves = tuple(p.detach().requires_grad_() for p in params)
         total = None
         grads: list[Tensor | None] = [None] * len(params)
         with torch.enable_grad():
@@ -72,10 +71,7 @@ class _ChunkedMean(torch.autograd.Function):
                 if shares[k] == 0.0:  # a chunk without weight (its weighted mean is 0 / 0)
                     continue
                 part = loss(leaves, x[i : i + chunk], y[i : i + chunk]) * shares[k]
-                got = torch.autograd.grad(part, [p for p, w in zip(leaves, wanted) if w], allow_unused=True)
-                got_it = iter(got)
-                for j, w in enumerate(wanted):
-                    g = next(got_it) if w else None
+                for j, g in enumerate(torch.autograd.grad(part, leaves, allow_unused=True)):
                     if g is not None:
                         grads[j] = g if grads[j] is None else grads[j].add_(g)
                 part = part.detach()
