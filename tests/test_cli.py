@@ -143,6 +143,10 @@ def test_distill_time_limit_writes_the_partial_memory_and_resume_completes_it(da
     assert main(tiny_distill_args(data_root, out) + ["--resume"]) == 0
     assert "stopped at the time limit" not in capsys.readouterr().out
     assert len((tmp_path / "t.mem.metrics.jsonl").read_text().splitlines()) == 2
+    # a run stopped by its time limit after its latest evaluation says which memory that scored
+    assert main(tiny_distill_args(data_root, out) + ["--resume", "--iterations", "4", "--time-limit", "1e-9"]) == 0
+    printed = capsys.readouterr().out
+    assert "after 2 iterations" in printed and "the memory written has 3 iterations and was not evaluated" in printed
     assert main(tiny_distill_args(data_root, tmp_path / "u.mem.safetensors") + ["--time-limit", "0"]) == 2
     assert "--time-limit must be a positive number of seconds" in capsys.readouterr().err
     assert not (tmp_path / "u.mem.safetensors").exists() and not (tmp_path / "u.mem.config.json").exists()

@@ -65,8 +65,12 @@ def _against_start(result) -> str:
     if end is None:
         return f"starting point: {100 * start['mean']:.2f}% on the validation split (no evaluation after it)"
     delta = 100 * (end["mean"] - start["mean"])
-    line = (f"validation accuracy: starting point {100 * start['mean']:.2f}%, after {result.iterations} "
+    at = end.get("iteration", result.iterations)  # absent in checkpoints written before 2026-12-06
+    line = (f"validation accuracy: starting point {100 * start['mean']:.2f}%, after {at} "
             f"iterations {100 * end['mean']:.2f}% ({delta:+.2f} points)")
+    if at != result.iterations:
+        line += (f"\nthat is the latest evaluation; the memory written has {result.iterations} iterations and was "
+                 "not evaluated on the validation split")
     if result.below_start:
         line += ("\nthe distilled memory is BELOW its starting point: these iterations made it worse; "
                  "more iterations, a longer unroll (--inner-steps) or a lower outer lr may help")

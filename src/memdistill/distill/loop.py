@@ -358,7 +358,7 @@ class Distiller:
             metrics = None
         state = self._start(checkpoint if resume else None)
         if cfg.evaluation.at_start and state.iteration == 0 and state.start_eval is None:
-            state.start_eval = self.evaluate_memory(state.memory)  # the reference every result is judged by
+            state.start_eval = {**self.evaluate_memory(state.memory), "iteration": 0}  # the reference of every result
         history = self._open_metrics(metrics, resume, state.iteration)
         snapshot = state.snapshot()
         total = cfg.outer.iterations
@@ -461,7 +461,9 @@ class Distiller:
         record["inner_loss_last"] = inner_losses[-1] if inner_losses else None
         record["seconds"] = time.perf_counter() - t0
         if (ec.every and state.iteration % ec.every == 0) or state.iteration == oc.iterations:
-            state.last_eval = self.evaluate_memory(state.averaged_memory())  # what the run delivers
+            # what the run delivers; "iteration" says which memory it scored (a run stopped by
+            # its time limit writes a later one than its latest evaluation)
+            state.last_eval = {**self.evaluate_memory(state.averaged_memory()), "iteration": state.iteration}
             record["eval"] = state.last_eval
         return record
 
