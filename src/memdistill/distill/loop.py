@@ -326,6 +326,12 @@ class Distiller:
         return {"split": (split or self.val).split, "mean": res.mean, "std": res.std,
                 "seconds": res.wall_seconds}
 
+    def _scored(self, memory: Memory, iteration: int) -> dict[str, Any] | None:
+        """:meth:`evaluate_memory`'s result (``None`` where a subclass evaluates nothing)
+        with the outer iteration whose memory it scored."""
+        result = self.evaluate_memory(memory)
+        return None if result is None else {**result, "iteration": iteration}
+
     # ---------------------------------------------------------------- the loop
     def run(
         self,
@@ -358,7 +364,7 @@ class Distiller:
             metrics = None
         state = self._start(checkpoint if resume else None)
         if cfg.evaluation.at_start and state.iteration == 0 and state.start_eval is None:
-            state.start_eval = {**self.evaluate_memory(state.memory), "iteration": 0}  # the reference of every result
+            state.start_eval = self._scored(state.memory, 0)  # the reference every result is judged by
         history = self._open_metrics(metrics, resume, state.iteration)
         snapshot = state.snapshot()
         total = cfg.outer.iterations
@@ -463,7 +469,7 @@ class Distiller:
         if (ec.every and state.iteration % ec.every == 0) or state.iteration == oc.iterations:
             # what the run delivers; "iteration" says which memory it scored (a run stopped by
             # its time limit writes a later one than its latest evaluation)
-            state.last_eval = {**self.evaluate_memory(state.averaged_memory()), "iteration": state.iteration}
+            state.last_eval = self._scored(state.averaged_memory(), state.iteration)
             record["eval"] = state.last_eval
         return record
 
