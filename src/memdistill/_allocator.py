@@ -11,7 +11,7 @@ its time on a CPU (docs/BENCHMARKS.md, "Keeping freed memory").
 never trim it, so freed blocks are reused without faults. It changes the whole process and
 cannot be undone for blocks already kept, so the library never calls it on its own: the
 command line does, for its own process, when the run's ``keep_freed_memory`` is true
-(``--set keep_freed_memory=true``; off by default). The price is a higher resident set:
+(the default; ``--set keep_freed_memory=false`` turns it off). The price is a higher resident set:
 memory the process freed stays mapped to it, and fragments (up to 1.4x the peak).
 """
 

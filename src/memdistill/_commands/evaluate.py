@@ -24,7 +24,7 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
     v.add_argument("--schedule", choices=("fixed", "converge"), default="fixed",
                    help="fixed: train --epochs epochs (the reference protocol); converge: stop once the training "
                         "loss on the examples plateaus (mean of the last 10 epochs < 1%% below the 10 before, or "
-                        "under 0.0069 nats), at most --epochs epochs")
+                        "under 0.1 nats above the labels' entropy), at most --epochs epochs")
     v.add_argument("--lr-schedule", choices=("constant", "step", "cosine"),
                    help="learning rate over the epochs: constant; step (divided by 10 from half the epochs on, "
                         "as DC/DSA/MTT evaluate); cosine (decayed to 0). Default: the evaluation schedule the file "
