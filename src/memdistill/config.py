@@ -513,7 +513,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # 83.07% against 82.44% (5 runs) before.
 # Since 2026-12-06, 750 steps (270 unrolls): the engine got faster, and the whole run took
 # 1 450 s at 2 threads; validation (width 128, 2 runs) 83.91% against 83.38% for 700 steps,
-# test (5 runs) 83.44% against 83.07% (docs/RESULTS.md, "More unrolls in the same 30 minutes").
+# test (5 runs) 83.44% against 83.07% (docs/RESULTS.md, "More unrolls in the same 30 minutes");
+# the targets cell, the preset's own run on the AMD EPYC machine (1 787 s), 83.21% (5 runs).
 # Evaluated every 250 steps since 2026-12-06 (was 175: 2 evaluations fewer, about 37 s on the
 # AMD EPYC machine, where an unroll takes 5.7 s against 4.7 s on the Intel Xeon and the
 # 750 steps came within about a minute of the 30). 800 steps: 2 000 s there, and 0.40 below
